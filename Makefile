@@ -1,0 +1,46 @@
+# gpuaudit: the two commands a new user needs are `make run` and `make test`.
+PY      ?= /usr/bin/python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+LISTEN  ?= 127.0.0.1:50051
+DB      ?= var/events.db
+STAMP   := $(VENV)/.installed
+
+.PHONY: install run test lint unit proto clean
+
+install: $(STAMP)
+
+# Host packages (bcc, headers, tracefs), then a venv that sees the system bcc.
+$(STAMP): pyproject.toml agent/host-setup.sh
+	./agent/host-setup.sh
+	test -x $(BIN)/python || $(PY) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Collector on SQLite + agent, on loopback. Ctrl-C stops both.
+run: install
+	@mkdir -p $(dir $(DB))
+	@echo "gpuaudit: collector on $(LISTEN), db $(DB); agent starting (Ctrl-C to stop)"
+	@echo "gpuaudit: look at events with:  $(BIN)/gpuaudit events --collector $(LISTEN)"
+	@echo "gpuaudit: and at node status:   $(BIN)/gpuaudit status --collector $(LISTEN)"
+	@$(BIN)/gpuaudit collector --listen $(LISTEN) --db $(DB) & cpid=$$!; \
+	 trap 'kill $$cpid 2>/dev/null; wait $$cpid 2>/dev/null' EXIT INT TERM; \
+	 $(BIN)/gpuaudit agent --collector $(LISTEN)
+
+lint: install
+	$(BIN)/ruff check agent collector tests bench
+	$(BIN)/mypy agent collector
+
+# The whole suite: lint, types, unit, then root/eBPF integration tests.
+# With CI=true a missing capability (root, bcc, tracefs) fails instead of skipping.
+test: install lint
+	$(BIN)/python -m pytest -q tests
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+proto: install
+	PYTHON=$(BIN)/python proto/gen.sh
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,68 @@
+/* Records the kernel side emits into the `events` ring buffer.
+ *
+ * This header is the single definition of the kernel -> user-space ABI.
+ * agent/sensors/records.py mirrors these structs with ctypes so records can be
+ * decoded (and tested) without root; tests/integration/test_alignment.py checks
+ * that bcc's view of every struct here matches the mirror field by field.
+ *
+ * Every record starts with `struct hdr` whose first byte is the op code.
+ * Rule: never dereference kernel structs (task_struct etc.) -- the headers bcc
+ * compiles against may not match the running kernel. Use tracepoint arguments
+ * and bpf_get_current_* helpers only; user space enriches the rest.
+ */
+#ifndef GPUAUDIT_EVENTS_H
+#define GPUAUDIT_EVENTS_H
+
+#define OP_GPU_OPEN 1
+#define OP_EXEC 2
+#define OP_EXIT 3
+
+#define COMM_LEN 16
+#define OPEN_PATH_LEN 128
+#define EXEC_FILENAME_LEN 256
+#define EXEC_MAX_ARGS 20
+#define EXEC_ARG_LEN 128
+
+/* Header shared by all records. */
+struct hdr {
+    u8 op;
+    u8 pad[3];
+    u32 pid;        /* tgid */
+    u32 tid;
+    u32 ppid;       /* tgid of the forking parent, 0 if the fork was not seen */
+    u32 uid;
+    u32 gid;
+    u64 ktime_ns;   /* bpf_ktime_get_boot_ns() */
+    u64 cgroup_id;  /* cgroup v2 id == inode of the cgroup directory */
+    char comm[COMM_LEN];
+};
+
+/* gpu.open: emitted at syscall exit for opens whose path matched the filter. */
+struct gpu_open_rec {
+    struct hdr h;
+    s32 flags;
+    s32 ret;        /* fd, or -errno */
+    char path[OPEN_PATH_LEN];
+};
+
+/* process.exec: emitted from sched_process_exec, so only successful execs. */
+struct exec_rec {
+    struct hdr h;
+    u32 old_tid;    /* the tid that called exec (differs when a thread execs) */
+    u32 argc;       /* arguments copied into argv below */
+    u32 truncated;  /* 1 when argv had more args, or an arg longer than EXEC_ARG_LEN */
+    u32 pad;
+    char filename[EXEC_FILENAME_LEN];
+    char argv[EXEC_MAX_ARGS][EXEC_ARG_LEN];
+};
+
+/* process.exit: emitted when a thread-group leader exits. */
+struct exit_rec {
+    struct hdr h;
+    s32 exit_code;  /* from exit_group()/exit(): status & 0xff */
+    s32 signal;     /* fatal signal delivered with default action, 0 if none */
+    u32 held_gpu;   /* 1 if the process successfully opened a GPU device */
+    u32 pad;
+};
+
+#endif /* GPUAUDIT_EVENTS_H */

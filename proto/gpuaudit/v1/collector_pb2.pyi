@@ -1,0 +1,91 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from gpuaudit.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventBatch(_message.Message):
+    __slots__ = ("batch_id", "events")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, batch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("batch_id", "boot_id", "acked_seq", "stored", "duplicates")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    boot_id: str
+    acked_seq: int
+    stored: int
+    duplicates: int
+    def __init__(self, batch_id: _Optional[int] = ..., boot_id: _Optional[str] = ..., acked_seq: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class EventQuery(_message.Message):
+    __slots__ = ("types", "nodes", "pid", "uid", "since", "limit", "newest")
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    pid: int
+    uid: int
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    newest: bool
+    def __init__(self, types: _Optional[_Iterable[str]] = ..., nodes: _Optional[_Iterable[str]] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., newest: _Optional[bool] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "boot_id", "last_heartbeat", "last_seq", "events_stored", "kernel_lost", "queue_dropped", "decode_errors", "silent", "mode", "sensors")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_STORED_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    boot_id: str
+    last_heartbeat: _timestamp_pb2.Timestamp
+    last_seq: int
+    events_stored: int
+    kernel_lost: int
+    queue_dropped: int
+    decode_errors: int
+    silent: bool
+    mode: str
+    sensors: _containers.RepeatedCompositeFieldContainer[_events_pb2.SensorStatus]
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., events_stored: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., silent: _Optional[bool] = ..., mode: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[_events_pb2.SensorStatus, _Mapping]]] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("nodes", "events_stored", "db")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_STORED_FIELD_NUMBER: _ClassVar[int]
+    DB_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    events_stored: int
+    db: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., events_stored: _Optional[int] = ..., db: _Optional[str] = ...) -> None: ...

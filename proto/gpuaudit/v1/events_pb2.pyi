@@ -1,0 +1,142 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Process(_message.Message):
+    __slots__ = ("pid", "tid", "ppid", "uid", "gid", "user", "comm", "exe", "cmdline", "cgroup", "container_id", "pod", "slurm_job")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    PPID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    SLURM_JOB_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    user: str
+    comm: str
+    exe: str
+    cmdline: _containers.RepeatedScalarFieldContainer[str]
+    cgroup: str
+    container_id: str
+    pod: str
+    slurm_job: str
+    def __init__(self, pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., cmdline: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., container_id: _Optional[str] = ..., pod: _Optional[str] = ..., slurm_job: _Optional[str] = ...) -> None: ...
+
+class GpuOpen(_message.Message):
+    __slots__ = ("path", "flags", "fd", "errno", "source")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    flags: int
+    fd: int
+    errno: int
+    source: str
+    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., fd: _Optional[int] = ..., errno: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ProcessExec(_message.Message):
+    __slots__ = ("filename", "argv", "argv_truncated", "source")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    argv_truncated: bool
+    source: str
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ProcessExit(_message.Message):
+    __slots__ = ("exit_code", "signal", "held_gpu", "source")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    HELD_GPU_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    signal: int
+    held_gpu: bool
+    source: str
+    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., held_gpu: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class SensorStatus(_message.Message):
+    __slots__ = ("name", "state", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AgentHealth(_message.Message):
+    __slots__ = ("events_emitted", "kernel_lost", "queue_dropped", "decode_errors", "sensors", "mode", "interval_s", "version")
+    EVENTS_EMITTED_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    events_emitted: int
+    kernel_lost: int
+    queue_dropped: int
+    decode_errors: int
+    sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
+    mode: str
+    interval_s: int
+    version: str
+    def __init__(self, events_emitted: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., mode: _Optional[str] = ..., interval_s: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class AgentSilent(_message.Message):
+    __slots__ = ("last_seen", "silent_for_s")
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FOR_S_FIELD_NUMBER: _ClassVar[int]
+    last_seen: _timestamp_pb2.Timestamp
+    silent_for_s: int
+    def __init__(self, last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., silent_for_s: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_EXEC_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_EXIT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_HEALTH_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SILENT_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    time: _timestamp_pb2.Timestamp
+    node: str
+    boot_id: str
+    seq: int
+    process: Process
+    gpu_open: GpuOpen
+    process_exec: ProcessExec
+    process_exit: ProcessExit
+    agent_health: AgentHealth
+    agent_silent: AgentSilent
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ...) -> None: ...
