@@ -1,0 +1,225 @@
+/* process.exec / process.exit, plus the fork map that gives both a ppid.
+ *
+ * argv is captured at sys_enter_execve (user memory is still the old image's)
+ * and emitted from sched_process_exec, which fires only when exec succeeded.
+ * Exit status comes from exit_group()/exit() arguments and fatal signals from
+ * the signal tracepoints, because task_struct->exit_code must not be read.
+ */
+
+struct exec_args {
+    u32 argc;
+    u32 truncated;
+    char argv[EXEC_MAX_ARGS][EXEC_ARG_LEN];
+};
+
+BPF_PERCPU_ARRAY(exec_scratch, struct exec_args, 1);
+BPF_TABLE("lru_hash", u32, struct exec_args, exec_inflight, 4096);
+
+/* How a thread group is ending, keyed by tgid. */
+struct exit_state {
+    s32 code;        /* exit_group()/exit() status & 0xff */
+    s32 called_exit; /* 1 once exit_group()/exit() was called */
+    s32 gen_sig;     /* last fatal-by-default signal sent to the process */
+    s32 deliver_sig; /* fatal signal delivered with the default action */
+};
+BPF_TABLE("lru_hash", u32, struct exit_state, exit_info, 65536);
+
+/* Signals whose default action is to terminate (with or without core). */
+static __always_inline int sig_fatal_by_default(int sig)
+{
+    if (sig <= 0 || sig > 64)
+        return 0;
+    switch (sig) {
+    case 17: case 18: case 19: case 20: case 21: case 22: case 23: case 28:
+        return 0; /* CHLD CONT STOP TSTP TTIN TTOU URG WINCH */
+    default:
+        return 1;
+    }
+}
+
+static __always_inline int exec_enter(const char *const *argv)
+{
+    u32 zero = 0;
+    struct exec_args *a = exec_scratch.lookup(&zero);
+    if (!a)
+        return 0;
+    a->argc = 0;
+    a->truncated = 0;
+#pragma unroll
+    for (int i = 0; i < EXEC_MAX_ARGS; i++) {
+        const char *p = NULL;
+        bpf_probe_read_user(&p, sizeof(p), &argv[i]);
+        if (!p)
+            goto done;
+        int n = bpf_probe_read_user_str(a->argv[i], EXEC_ARG_LEN, p);
+        if (n >= EXEC_ARG_LEN)
+            a->truncated = 1; /* may have been cut */
+        a->argc++;
+    }
+    {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &argv[EXEC_MAX_ARGS]);
+        if (more)
+            a->truncated = 1;
+    }
+done:;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_inflight.update(&tid, a);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    return exec_enter(args->argv);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+    return exec_enter(args->argv);
+}
+
+/* A failed exec leaves no sched_process_exec: drop its argv here. */
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_inflight.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_inflight.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    struct exec_rec *r = events.ringbuf_reserve(sizeof(struct exec_rec));
+    if (!r) {
+        count_lost();
+        return 0;
+    }
+    fill_hdr(&r->h, OP_EXEC);
+    u32 tgid = r->h.pid; /* r must not be touched after submit */
+    u32 old = args->old_pid;
+    r->old_tid = old;
+    r->pad = 0;
+    TP_DATA_LOC_READ_STR(r->filename, filename, EXEC_FILENAME_LEN);
+    struct exec_args *a = exec_inflight.lookup(&old);
+    if (a) {
+        r->argc = a->argc;
+        r->truncated = a->truncated;
+        bpf_probe_read_kernel(r->argv, sizeof(r->argv), a->argv);
+        exec_inflight.delete(&old);
+    } else {
+        /* exec began before the agent attached: argv unknown */
+        r->argc = 0;
+        r->truncated = 1;
+    }
+    events.ringbuf_submit(r, 0);
+    /* A new image: exit bookkeeping of the old one no longer applies. */
+    exit_info.delete(&tgid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 child = args->child_pid;
+    u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
+    fork_parent.update(&child, &parent_tgid);
+    return 0;
+}
+
+static __always_inline struct exit_state *exit_state_for(u32 tgid)
+{
+    struct exit_state zero = {};
+    exit_info.lookup_or_try_init(&tgid, &zero);
+    return exit_info.lookup(&tgid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    struct exit_state *st = exit_state_for(bpf_get_current_pid_tgid() >> 32);
+    if (st) {
+        st->code = args->error_code & 0xff;
+        st->called_exit = 1;
+    }
+    return 0;
+}
+
+/* exit() ends only the calling thread; it ends the process when that thread
+ * is the last one, so record it as a candidate status for the group. */
+TRACEPOINT_PROBE(syscalls, sys_enter_exit)
+{
+    struct exit_state *st = exit_state_for(bpf_get_current_pid_tgid() >> 32);
+    if (st && !st->called_exit)
+        st->code = args->error_code & 0xff;
+    return 0;
+}
+
+/* Sender side: remembers e.g. SIGTERM, which the kernel turns into a
+ * group-wide SIGKILL before delivery (complete_signal()). */
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    if (args->result != 0 || !sig_fatal_by_default(args->sig))
+        return 0;
+    struct exit_state *st = exit_state_for((u32)args->pid);
+    if (st)
+        st->gen_sig = args->sig;
+    return 0;
+}
+
+/* Receiver side: a fatal signal taken with the default action (SIG_DFL). */
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    if (args->sa_handler != 0 || !sig_fatal_by_default(args->sig))
+        return 0;
+    struct exit_state *st = exit_state_for(bpf_get_current_pid_tgid() >> 32);
+    if (st && !st->called_exit && !st->deliver_sig)
+        st->deliver_sig = args->sig;
+    return 0;
+}
+
+static __always_inline s32 fatal_signal(struct exit_state *st)
+{
+    if (st->called_exit || !st->deliver_sig)
+        return 0;
+    /* group exit shows up as SIGKILL at delivery; the sent signal is the cause */
+    if (st->deliver_sig == 9 && st->gen_sig)
+        return st->gen_sig;
+    return st->deliver_sig;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 tid = (u32)id;
+#ifdef HAVE_EXIT_GROUP_DEAD
+    int last = args->group_dead; /* the whole thread group is gone */
+#else
+    int last = (tid == tgid);   /* older kernels: the leader's exit */
+#endif
+    if (tid != tgid)
+        fork_parent.delete(&tid);
+    if (!last)
+        return 0;
+
+    struct exit_rec *r = events.ringbuf_reserve(sizeof(struct exit_rec));
+    if (r) {
+        fill_hdr(&r->h, OP_EXIT);
+        struct exit_state *st = exit_info.lookup(&tgid);
+        r->exit_code = st ? st->code : 0;
+        r->signal = st ? fatal_signal(st) : 0;
+        r->held_gpu = gpu_holders.lookup(&tgid) ? 1 : 0;
+        r->pad = 0;
+        events.ringbuf_submit(r, 0);
+    } else {
+        count_lost();
+    }
+    exit_info.delete(&tgid);
+    gpu_holders.delete(&tgid);
+    fork_parent.delete(&tgid);
+    return 0;
+}

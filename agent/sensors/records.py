@@ -1,0 +1,81 @@
+"""ctypes mirrors of the structs in agent/bpf/events.h.
+
+They let records be decoded, and decoding be tested, without root or bcc.
+tests/integration/test_alignment.py asserts that bcc's own view of each C
+struct has the same size and field offsets, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def _header_constants() -> dict[str, int]:
+    """The numeric #defines of events.h: one source of truth for sizes and ops."""
+    text = (BPF_DIR / "events.h").read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(r"^#define (\w+) (\d+)\b", text, re.M)}
+
+
+C = _header_constants()
+OP_GPU_OPEN: int = C["OP_GPU_OPEN"]
+OP_EXEC: int = C["OP_EXEC"]
+OP_EXIT: int = C["OP_EXIT"]
+
+
+class Hdr(ct.Structure):
+    _fields_ = (
+        ("op", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("ppid", ct.c_uint32),
+        ("uid", ct.c_uint32),
+        ("gid", ct.c_uint32),
+        ("ktime_ns", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("comm", ct.c_char * C["COMM_LEN"]),
+    )
+
+
+class GpuOpenRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("flags", ct.c_int32),
+        ("ret", ct.c_int32),
+        ("path", ct.c_char * C["OPEN_PATH_LEN"]),
+    )
+
+
+class ExecRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("old_tid", ct.c_uint32),
+        ("argc", ct.c_uint32),
+        ("truncated", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("filename", ct.c_char * C["EXEC_FILENAME_LEN"]),
+        ("argv", (ct.c_char * C["EXEC_ARG_LEN"]) * C["EXEC_MAX_ARGS"]),
+    )
+
+
+class ExitRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("exit_code", ct.c_int32),
+        ("signal", ct.c_int32),
+        ("held_gpu", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    )
+
+
+# C struct name -> mirror, for the alignment check.
+MIRRORS: dict[str, type[ct.Structure]] = {
+    "hdr": Hdr,
+    "gpu_open_rec": GpuOpenRec,
+    "exec_rec": ExecRec,
+    "exit_rec": ExitRec,
+}
