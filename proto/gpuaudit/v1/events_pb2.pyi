@@ -88,7 +88,7 @@ class SensorStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AgentHealth(_message.Message):
-    __slots__ = ("events_emitted", "kernel_lost", "queue_dropped", "decode_errors", "sensors", "mode", "interval_s", "version")
+    __slots__ = ("events_emitted", "kernel_lost", "queue_dropped", "decode_errors", "sensors", "mode", "interval_s", "version", "spool_dropped")
     EVENTS_EMITTED_FIELD_NUMBER: _ClassVar[int]
     KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class AgentHealth(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
     events_emitted: int
     kernel_lost: int
     queue_dropped: int
@@ -105,7 +106,8 @@ class AgentHealth(_message.Message):
     mode: str
     interval_s: int
     version: str
-    def __init__(self, events_emitted: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., mode: _Optional[str] = ..., interval_s: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    spool_dropped: int
+    def __init__(self, events_emitted: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., mode: _Optional[str] = ..., interval_s: _Optional[int] = ..., version: _Optional[str] = ..., spool_dropped: _Optional[int] = ...) -> None: ...
 
 class AgentSilent(_message.Message):
     __slots__ = ("last_seen", "silent_for_s")

@@ -1,0 +1,42 @@
+"""agent.health: the heartbeat that carries every loss counter to the collector."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.record import Record
+from gpuaudit.v1 import events_pb2
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class HealthSources:
+    """Where each counter is read from; callables so they are read fresh."""
+
+    mode: str
+    interval_s: int
+    sensors: list[events_pb2.SensorStatus]
+    events_emitted: Callable[[], int]
+    kernel_lost: Callable[[], int] = lambda: 0
+    queue_dropped: Callable[[], int] = lambda: 0
+    decode_errors: Callable[[], int] = lambda: 0
+    spool_dropped: Callable[[], int] = lambda: 0
+    extra_status: list[Callable[[], events_pb2.SensorStatus]] = field(default_factory=list)
+
+
+def health_record(src: HealthSources, now_ns: Callable[[], int] = time.time_ns) -> Record:
+    payload = events_pb2.AgentHealth(
+        events_emitted=src.events_emitted(),
+        kernel_lost=src.kernel_lost(),
+        queue_dropped=src.queue_dropped(),
+        decode_errors=src.decode_errors(),
+        spool_dropped=src.spool_dropped(),
+        sensors=[*src.sensors, *(f() for f in src.extra_status)],
+        mode=src.mode,
+        interval_s=src.interval_s,
+        version=VERSION,
+    )
+    return Record(type="agent.health", wall_ns=now_ns(), payload=payload)

@@ -1,0 +1,217 @@
+"""`gpuaudit agent`: start-up steps, the threads of the data path, teardown.
+
+    kernel probes -> ring buffer -> RingReader -> inbox -> Processor
+    (decode, enrich, seq) -> spool -> Shipper -> collector
+
+In procfs mode (no root, no bcc, no tracefs, or --mode procfs) a ProcfsPoller
+feeds the same inbox instead of the ring buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.enrich import Enricher
+from agent.health import HealthSources, health_record
+from agent.pipeline import Identity, Processor
+from agent.procfs import ProcfsPoller, gpu_holders, inventory
+from agent.queue import DroppingQueue
+from agent.record import Record
+from agent.sensors.base import BootClock
+from agent.sensors.loader import LoadResult, load_sensors
+from agent.sensors.registry import BPF_SENSORS
+from agent.sensors.ring import RingReader
+from agent.ship import Shipper
+from agent.spool import MemorySpool
+
+log = logging.getLogger("gpuaudit.agent")
+
+
+@dataclass
+class AgentConfig:
+    collector: str
+    node: str = field(default_factory=socket.gethostname)
+    mode: str = "auto"  # auto | ebpf | procfs
+    heartbeat_s: int = 5
+    poll_s: float = 1.0  # procfs poll interval
+    inbox_size: int = 65536
+    spool_events: int = 200_000
+    drain_s: float = 5.0  # at stop: how long to wait for the collector to ack
+    proc_root: str = "/proc"
+    cgroup_root: str = "/sys/fs/cgroup"
+
+
+class Agent:
+    """The agent's parts, wired; :meth:`run` blocks until :meth:`stop`."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.ident = Identity(node=cfg.node, boot_id=uuid.uuid4().hex)
+        self.clock = BootClock()
+        self.inbox: DroppingQueue[bytes | Record] = DroppingQueue(cfg.inbox_size)
+        self.spool = MemorySpool(cfg.spool_events)
+        self.enricher = Enricher(proc_root=cfg.proc_root, cgroup_root=cfg.cgroup_root)
+        self.load = LoadResult()
+        self.ring: RingReader | None = None
+        self.poller: ProcfsPoller | None = None
+        self.processor: Processor | None = None
+        self.shipper = Shipper(cfg.collector, self.spool)
+        self.stopping = threading.Event()  # producers stop
+        self.ship_stop = threading.Event()  # shipper stops (after draining)
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def mode(self) -> str:
+        return "ebpf" if self.ring is not None else "procfs"
+
+    # -- start-up steps, in order -------------------------------------------
+    def step_load_sensors(self) -> None:
+        if self.cfg.mode == "procfs":
+            self.load.statuses = [_off(s.name, "procfs mode requested") for s in BPF_SENSORS]
+            return
+        self.load = load_sensors(BPF_SENSORS)
+        if self.load.bpf is not None:
+            self.ring = RingReader(self.load.bpf, self.inbox)
+        elif self.cfg.mode == "ebpf":
+            raise SystemExit("gpuaudit agent: --mode ebpf but no sensor could load: "
+                             + "; ".join(s.detail for s in self.load.statuses))
+
+    def step_report_degraded(self) -> None:
+        """Say once, clearly, what is degraded."""
+        for s in self.load.statuses:
+            if s.state != "ok":
+                log.warning("sensor %s is %s: %s", s.name, s.state, s.detail)
+        if self.ring is None:
+            log.warning("running in procfs mode: polling /proc every %.1fs; short-lived "
+                        "processes and refused opens are not seen", self.cfg.poll_s)
+            self.poller = ProcfsPoller(proc_root=self.cfg.proc_root)
+
+    def step_processor(self) -> None:
+        self.processor = Processor(self.inbox, self.load.decoders, self.clock,
+                                   self.enricher, self.ident, self.spool)
+
+    def step_inventory(self) -> None:
+        """GPU fds held before the agent started, reported with source "inventory"."""
+        # In procfs mode the poller's first poll is the inventory (it reports
+        # already-held GPU fds with source "inventory"); asking both would
+        # report them twice.
+        if self.poller is not None:
+            records = self.poller.poll()
+        else:
+            records = inventory(self.cfg.proc_root)
+        if self.ring is not None:
+            self.ring.mark_gpu_holders(gpu_holders(records))
+        for rec in records:
+            self.inbox.put(rec, timeout=5)
+
+    def step_threads(self) -> None:
+        assert self.processor is not None
+        self._spawn("processor", self.processor.run, self.stopping)
+        self._spawn("shipper", self.shipper.run, self.ship_stop)
+        if self.ring is not None:
+            self._spawn("ring", self.ring.run, self.stopping)
+        if self.poller is not None:
+            self._spawn("procfs", self._poll_loop, self.stopping)
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None],
+               stop: threading.Event) -> None:
+        t = threading.Thread(target=target, args=(stop,), name=f"gpuaudit-{name}", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _poll_loop(self, stop: threading.Event) -> None:
+        assert self.poller is not None
+        while not stop.wait(self.cfg.poll_s):
+            for rec in self.poller.poll():
+                self.inbox.offer(rec)
+
+    def start(self) -> None:
+        for step in (self.step_load_sensors, self.step_report_degraded,
+                     self.step_processor, self.step_inventory, self.step_threads):
+            log.debug("start-up step %s", step.__name__)
+            step()
+        log.info("agent up: node=%s boot_id=%s mode=%s collector=%s",
+                 self.ident.node, self.ident.boot_id, self.mode, self.cfg.collector)
+
+    # -- running ------------------------------------------------------------
+    def health_sources(self) -> HealthSources:
+        assert self.processor is not None
+        proc = self.processor
+        ring = self.ring
+        return HealthSources(
+            mode=self.mode,
+            interval_s=self.cfg.heartbeat_s,
+            sensors=list(self.load.statuses),
+            events_emitted=lambda: proc.seq,
+            kernel_lost=ring.kernel_lost if ring else (lambda: 0),
+            queue_dropped=lambda: self.inbox.dropped,
+            decode_errors=lambda: proc.decode_errors,
+            spool_dropped=lambda: self.spool.dropped,
+        )
+
+    def run(self) -> None:
+        """Heartbeat until stopped. The first heartbeat goes out at once."""
+        sources = self.health_sources()
+        while True:
+            self.clock.resync()
+            self.inbox.put(health_record(sources), timeout=1)
+            if self.stopping.wait(self.cfg.heartbeat_s):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def teardown(self) -> None:
+        """Stop producers, let the processor finish, give the shipper time to drain."""
+        self.stopping.set()
+        for t in self.threads:
+            if t.name != "gpuaudit-shipper":
+                t.join(timeout=5)
+        if not self.spool.wait_drained(self.cfg.drain_s):
+            log.warning("stopping with %d events not acknowledged by the collector",
+                        self.spool.pending())
+        self.ship_stop.set()
+        for t in self.threads:
+            t.join(timeout=5)
+        if self.load.bpf is not None:
+            self.load.bpf.cleanup()
+
+
+def _off(name: str, why: str) -> Any:
+    from gpuaudit.v1 import events_pb2
+
+    return events_pb2.SensorStatus(name=name, state="off", detail=why)
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    cfg = AgentConfig(collector=args.collector)
+    if getattr(args, "node", None):
+        cfg.node = args.node
+    cfg.mode = getattr(args, "mode", None) or cfg.mode
+    cfg.heartbeat_s = int(getattr(args, "heartbeat", None) or cfg.heartbeat_s)
+    return cfg
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Entry point of `gpuaudit agent`."""
+    logging.basicConfig(level=getattr(args, "log_level", "INFO") or "INFO",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    agent = Agent(config_from_args(args))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    try:
+        agent.start()
+        agent.run()
+    finally:
+        with contextlib.suppress(Exception):
+            agent.teardown()
+    return 0
