@@ -1,0 +1,154 @@
+"""The foundation slice end to end: real eBPF agent -> real gRPC -> real SQLite.
+
+Each test makes a real process do a real syscall and asserts what the
+collector stored. Counts are exact: a prime (23) so that off-by-one and
+double counting both show.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Agent, Collector, settle
+
+pytestmark = [pytest.mark.bpf, pytest.mark.integration]
+
+NODE = "it-node"
+NOBODY = pwd.getpwnam("nobody")
+
+OPEN_23 = """
+import errno, os, sys
+for _ in range(23):
+    try:
+        os.close(os.open(sys.argv[1], os.O_RDWR))
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+"""
+
+
+def _run_as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, user=NOBODY.pw_uid, group=NOBODY.pw_gid, check=True,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_23_refused_gpu_opens_stored_exactly(collector: Collector, bpf_agent: Agent,
+                                            nvidia0: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", OPEN_23, str(nvidia0)],
+                            user=NOBODY.pw_uid, group=NOBODY.pw_gid)
+    assert proc.wait(60) == 0
+    settle(collector, NODE)
+    events = collector.query(types=["gpu.open"], pid=proc.pid)
+    assert len(events) == 23
+    exe = os.path.realpath(sys.executable)
+    for ev in events:
+        assert ev.node == NODE
+        assert ev.process.pid == proc.pid
+        assert ev.process.uid == NOBODY.pw_uid
+        assert ev.process.user == "nobody"
+        assert ev.process.exe == exe
+        assert ev.gpu_open.path == str(nvidia0)
+        assert ev.gpu_open.errno == 6  # ENXIO: no driver behind the node
+        assert ev.gpu_open.fd == -1
+        assert ev.gpu_open.source == "ebpf"
+        assert ev.gpu_open.flags & os.O_ACCMODE == os.O_RDWR
+
+
+def test_exec_has_filename_and_exact_argv(collector: Collector, bpf_agent: Agent) -> None:
+    argv = ["/bin/echo", "gpuaudit-exec-test", "23", "two words"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    assert proc.wait(30) == 0
+    settle(collector, NODE)
+    execs = collector.query(types=["process.exec"], pid=proc.pid)
+    assert [list(e.process_exec.argv) for e in execs] == [argv]
+    ev = execs[0]
+    assert ev.process_exec.filename == "/bin/echo"
+    assert ev.process_exec.source == "ebpf"
+    assert not ev.process_exec.argv_truncated
+    assert ev.process.ppid == os.getpid()
+    assert ev.process.exe.endswith("/echo")
+    assert list(ev.process.cmdline) == argv
+
+
+def test_long_argv_is_truncated_and_flagged(collector: Collector, bpf_agent: Agent) -> None:
+    argv = ["/bin/true", *[f"arg{i}" for i in range(40)]]
+    proc = subprocess.Popen(argv)
+    assert proc.wait(30) == 0
+    settle(collector, NODE)
+    (ev,) = collector.query(types=["process.exec"], pid=proc.pid)
+    assert list(ev.process_exec.argv) == argv[:20]
+    assert ev.process_exec.argv_truncated
+
+
+@pytest.mark.parametrize(("argv", "send", "code", "sig"), [
+    (["/bin/sh", "-c", "exit 7"], None, 7, 0),
+    (["/bin/sleep", "30"], signal.SIGTERM, 0, signal.SIGTERM),
+    (["/bin/sleep", "30"], signal.SIGKILL, 0, signal.SIGKILL),
+])
+def test_exit_code_and_fatal_signal(collector: Collector, bpf_agent: Agent, argv: list[str],
+                                    send: signal.Signals | None, code: int, sig: int) -> None:
+    proc = subprocess.Popen(argv)
+    if send is not None:
+        _wait_exec_seen(collector, proc.pid)
+        proc.send_signal(send)
+    proc.wait(30)
+    settle(collector, NODE)
+    (ev,) = collector.query(types=["process.exit"], pid=proc.pid)
+    assert (ev.process_exit.exit_code, ev.process_exit.signal) == (code, int(sig))
+    assert not ev.process_exit.held_gpu
+    assert ev.process.exe.endswith(Path(argv[0]).name)
+
+
+def _wait_exec_seen(collector: Collector, pid: int) -> None:
+    from tests.integration.harness import wait_for
+
+    wait_for(lambda: collector.query(types=["process.exec"], pid=pid), timeout=30)
+
+
+def test_exit_of_gpu_holder_reports_held_gpu(collector: Collector, bpf_agent: Agent,
+                                             nvidia_null_holder: int) -> None:
+    settle(collector, NODE)
+    (ev,) = collector.query(types=["process.exit"], pid=nvidia_null_holder)
+    assert ev.process_exit.held_gpu
+
+
+def test_100k_ordinary_opens_yield_no_gpu_open(collector: Collector, bpf_agent: Agent,
+                                               tmp_path: Path) -> None:
+    target = tmp_path / "ordinary"
+    target.write_text("x")
+    code = (
+        "import os, sys\n"
+        "for _ in range(100_000):\n"
+        "    os.close(os.open(sys.argv[1], os.O_RDONLY))\n"
+        "for _ in range(100):\n"
+        "    os.close(os.open('/dev/null', os.O_RDONLY))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    assert proc.wait(120) == 0
+    settle(collector, NODE)
+    assert collector.query(types=["process.exec"], pid=proc.pid)  # it was seen at all
+    assert collector.query(types=["gpu.open"], pid=proc.pid) == []
+    health = collector.query(types=["agent.health"], nodes=[NODE], limit=1, newest=True)
+    assert health[-1].agent_health.kernel_lost == 0
+    assert health[-1].agent_health.queue_dropped == 0
+
+
+def test_health_reports_ebpf_sensors_ok(collector: Collector, bpf_agent: Agent) -> None:
+    settle(collector, NODE)
+    (hb,) = collector.query(types=["agent.health"], nodes=[NODE], limit=1, newest=True)
+    h = hb.agent_health
+    assert h.mode == "ebpf"
+    assert {s.name: s.state for s in h.sensors} == {"gpu_open": "ok", "process": "ok"}
+    assert h.interval_s == 1
+    assert h.events_emitted == hb.seq - 1
+    (node,) = [n for n in collector.status().nodes if n.node == NODE]
+    assert node.mode == "ebpf" and not node.silent
+    # seq is gap-free per boot_id
+    seqs = [e.seq for e in collector.query(nodes=[NODE]) if e.boot_id == hb.boot_id]
+    assert seqs == list(range(1, len(seqs) + 1))
