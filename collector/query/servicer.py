@@ -1,0 +1,63 @@
+"""Collector.QueryEvents and Collector.GetStatus: reads for the CLI and tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from gpuaudit.v1 import collector_pb2, events_pb2
+
+from collector.storage.base import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_FILTER_VALUES = 1000
+"""Most values one ``types`` or ``nodes`` filter may list (bounds the SQL)."""
+
+QueryContext = grpc.aio.ServicerContext[collector_pb2.EventQuery, events_pb2.Event]
+StatusContext = grpc.aio.ServicerContext[collector_pb2.StatusRequest, collector_pb2.StatusReply]
+
+
+def query_problem(query: collector_pb2.EventQuery) -> str | None:
+    """What is wrong with ``query``, or None. ``limit`` is clamped, not refused."""
+    for name, values in (("types", query.types), ("nodes", query.nodes)):
+        if len(values) > MAX_FILTER_VALUES:
+            return f"{name} lists {len(values)} values, more than the maximum {MAX_FILTER_VALUES}"
+    if query.HasField("since") and query.since.seconds < 0:
+        return "since is before 1970"
+    return None
+
+
+class QueryServicer:
+    """The read methods of the Collector service, thin over a :class:`Storage`."""
+
+    def __init__(self, storage: Storage) -> None:
+        """Serve reads from ``storage``."""
+        self._storage = storage
+
+    async def QueryEvents(
+        self, request: collector_pb2.EventQuery, context: QueryContext
+    ) -> AsyncIterator[events_pb2.Event]:
+        """Stream the stored events that match ``request``, oldest first."""
+        problem = query_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            events = await asyncio.to_thread(self._storage.query, request)
+        except StorageError as err:
+            log.error("query failed: %s", err)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector storage failed: {err}")
+        for event in events:
+            yield event
+
+    async def GetStatus(
+        self, request: collector_pb2.StatusRequest, context: StatusContext
+    ) -> collector_pb2.StatusReply:
+        """Per-node heartbeat, sequence, count and loss figures."""
+        try:
+            return await asyncio.to_thread(self._storage.status)
+        except StorageError as err:
+            log.error("status failed: %s", err)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector storage failed: {err}")

@@ -1,0 +1,173 @@
+"""Human-readable tables for ``gpuaudit events`` and ``gpuaudit status``.
+
+Cells are escaped: argv and paths come from the audited processes, and an
+escape sequence in a cell must not be able to rewrite the auditor's terminal.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import shlex
+import signal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from gpuaudit.v1 import collector_pb2, events_pb2
+
+DETAIL_MAX = 160
+"""Longest DETAIL cell before it is cut with an ellipsis."""
+
+EVENT_COLUMNS = ("TIME", "NODE", "SEQ", "TYPE", "PID", "USER", "COMM", "DETAIL")
+STATUS_COLUMNS = (
+    "NODE", "BOOT_ID", "LAST_HEARTBEAT", "AGE", "LAST_SEQ", "EVENTS",
+    "KERNEL_LOST", "QUEUE_DROPPED", "DECODE_ERRORS", "SILENT", "MODE", "SENSORS",
+)  # fmt: skip
+
+
+def clean(text: str) -> str:
+    """``text`` with every non-printable character shown as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    cells = [list(header)] + [[clean(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def timestamp(ns: int) -> str:
+    """UTC time with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
+    moment = datetime.fromtimestamp(ns / 1e9, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def age(seconds: float) -> str:
+    """A short age: ``42s``, ``3m12s``, ``2h05m``, ``3d04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def event_row(ev: events_pb2.Event) -> list[str]:
+    """The table cells for one event."""
+    p = ev.process
+    has_process = ev.HasField("process")
+    return [
+        timestamp(ev.time.ToNanoseconds()),
+        ev.node,
+        str(ev.seq),
+        ev.type,
+        str(p.pid) if has_process else "-",
+        (p.user or str(p.uid)) if has_process else "-",
+        (p.comm or os.path.basename(p.exe) or "-") if has_process else "-",
+        detail(ev),
+    ]
+
+
+def events_table(events: Sequence[events_pb2.Event]) -> str:
+    """The ``gpuaudit events`` table."""
+    return table(EVENT_COLUMNS, [event_row(ev) for ev in events])
+
+
+def detail(ev: events_pb2.Event) -> str:
+    """One-line summary of the payload, cut at DETAIL_MAX characters."""
+    kind = ev.WhichOneof("payload")
+    summarize = _DETAILS.get(kind or "")
+    text = summarize(ev) if summarize else ""
+    return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 1] + "…"
+
+
+def _gpu_open(ev: events_pb2.Event) -> str:
+    o = ev.gpu_open
+    result = f"fd={o.fd}" if o.errno == 0 else f"errno={o.errno} ({_errno_name(o.errno)})"
+    source = f" [{o.source}]" if o.source and o.source != "ebpf" else ""
+    return f"{o.path} {result}{source}"
+
+
+def _errno_name(number: int) -> str:
+    return errno_mod.errorcode.get(number, "?")
+
+
+def _process_exec(ev: events_pb2.Event) -> str:
+    x = ev.process_exec
+    text = shlex.join(x.argv) if x.argv else x.filename
+    return text + (" …(truncated)" if x.argv_truncated else "")
+
+
+def _process_exit(ev: events_pb2.Event) -> str:
+    x = ev.process_exit
+    if x.signal:
+        try:
+            name = signal.Signals(x.signal).name
+        except ValueError:
+            name = "signal"
+        text = f"killed by {name} ({x.signal})"
+    else:
+        text = f"exit {x.exit_code}"
+    return text + (" held_gpu" if x.held_gpu else "")
+
+
+def _agent_health(ev: events_pb2.Event) -> str:
+    h = ev.agent_health
+    sensors = " ".join(f"{s.name}:{s.state}" for s in h.sensors)
+    return (
+        f"mode={h.mode} emitted={h.events_emitted} kernel_lost={h.kernel_lost} "
+        f"queue_dropped={h.queue_dropped} decode_errors={h.decode_errors} "
+        f"spool_dropped={h.spool_dropped}"
+        + (f" sensors={sensors}" if sensors else "")
+    )
+
+
+def _agent_silent(ev: events_pb2.Event) -> str:
+    s = ev.agent_silent
+    return f"no heartbeat for {s.silent_for_s}s, last {timestamp(s.last_seen.ToNanoseconds())}"
+
+
+_DETAILS = {
+    "gpu_open": _gpu_open,
+    "process_exec": _process_exec,
+    "process_exit": _process_exit,
+    "agent_health": _agent_health,
+    "agent_silent": _agent_silent,
+}
+
+
+def status_row(n: collector_pb2.NodeStatus, now_ns: int) -> list[str]:
+    """The table cells for one node; ``now_ns`` gives the heartbeat's age."""
+    beat = n.HasField("last_heartbeat")
+    beat_ns = n.last_heartbeat.ToNanoseconds()
+    sensors = " ".join(_sensor(s) for s in n.sensors)
+    return [
+        n.node, n.boot_id,
+        timestamp(beat_ns) if beat else "never",
+        age((now_ns - beat_ns) / 1e9) if beat else "-",
+        str(n.last_seq), str(n.events_stored),
+        str(n.kernel_lost), str(n.queue_dropped), str(n.decode_errors),
+        "SILENT" if n.silent else "no", n.mode or "-", sensors or "-",
+    ]  # fmt: skip
+
+
+def _sensor(s: events_pb2.SensorStatus) -> str:
+    return f"{s.name}:{s.state}" + (f"({s.detail})" if s.detail else "")
+
+
+def status_table(reply: collector_pb2.StatusReply, now_ns: int) -> str:
+    """The ``gpuaudit status`` table plus a totals line."""
+    rows = [status_row(n, now_ns) for n in reply.nodes]
+    totals = f"{len(reply.nodes)} node(s), {reply.events_stored} event(s) stored in {reply.db}"
+    return table(STATUS_COLUMNS, rows) + "\n" + totals

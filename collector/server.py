@@ -1,0 +1,304 @@
+"""The collector process: gRPC server, storage and watchdog, started in named steps.
+
+Start-up is an ordered list of small steps; each step that acquires something
+registers its release on one AsyncExitStack, so teardown always runs, in
+reverse, however far start-up got (Falco's run_steps/teardown_steps).
+
+In-process use (tests, benches)::
+
+    async with running_collector(CollectorConfig(listen="127.0.0.1:0", db=path)) as c:
+        ...  # c.port, c.address
+
+    with BackgroundCollector(CollectorConfig(listen="127.0.0.1:0", db=path)) as c:
+        ...  # same, from synchronous code: the collector runs on its own thread
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import grpc
+from gpuaudit.v1 import collector_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from collector.ingest.servicer import IngestServicer
+from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
+from collector.query.servicer import QueryServicer
+from collector.storage.sqlite import SqliteStorage
+from collector.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+# The asyncio health servicer; grpc_health's stubs (grpc-stubs 1.53) predate it.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DB = "/var/lib/gpuaudit/events.db"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything the collector process needs to start."""
+
+    listen: str = DEFAULT_LISTEN             # HOST:PORT; port 0 picks a free port
+    db: str = DEFAULT_DB                     # SQLite file, parent dirs created
+    max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
+    max_message_bytes: int = 16 * MiB        # largest EventBatch accepted
+    watchdog_period_s: float = 2.0           # 0 disables the periodic watchdog
+    grace_s: float = 5.0                     # in-flight RPCs get this long at stop
+
+
+class StartupError(Exception):
+    """The collector could not start; the message says what to do."""
+
+
+@dataclass
+class RunningCollector:
+    """A started collector: where it listens and its parts."""
+
+    host: str
+    port: int
+    storage: SqliteStorage
+    watchdog: Watchdog
+    server: grpc.aio.Server
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` with the port actually bound."""
+        return f"{self.host}:{self.port}"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) into host and port; ValueError if malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT (port 0-65535)")
+    return host, int(port)
+
+
+def server_options(config: CollectorConfig) -> list[tuple[str, Any]]:
+    """gRPC channel arguments for the collector's server."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Ping idle agent connections so a node that vanished (power cut, no
+        # FIN) is noticed and its stream released.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # Let agents keep their own keepalive at >= 10 s, even between
+        # batches, without being sent GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        # gRPC sets SO_REUSEPORT by default: a second collector would bind the
+        # same port and silently split the agents between two databases.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class _Startup:
+    """State the start-up steps fill in, in order."""
+
+    config: CollectorConfig
+    clock: Callable[[], int]
+    stack: contextlib.AsyncExitStack
+    storage: SqliteStorage | None = None
+    watchdog: Watchdog | None = None
+    server: grpc.aio.Server | None = None
+    health: Any = field(default_factory=AsyncHealthServicer)
+    port: int = 0
+
+
+async def _open_storage(s: _Startup) -> None:
+    try:
+        s.storage = SqliteStorage(s.config.db, clock=s.clock)
+    except Exception as err:
+        raise StartupError(
+            f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
+        ) from err
+    s.stack.callback(s.storage.close)
+    s.watchdog = Watchdog(s.storage, clock=s.clock)
+
+
+async def _build_server(s: _Startup) -> None:
+    assert s.storage is not None
+    s.server = grpc.aio.server(options=server_options(s.config))
+    service = _CollectorService(
+        IngestServicer(s.storage, s.config.max_batch_events), QueryServicer(s.storage)
+    )
+    collector_pb2_grpc.add_CollectorServicer_to_server(service, s.server)
+    health_pb2_grpc.add_HealthServicer_to_server(s.health, s.server)
+
+
+async def _bind(s: _Startup) -> None:
+    assert s.server is not None
+    try:
+        s.port = s.server.add_insecure_port(s.config.listen)
+    except RuntimeError as err:
+        s.port = 0
+        log.debug("bind failed: %s", err)
+    if s.port == 0:
+        raise StartupError(
+            f"cannot listen on {s.config.listen}: address in use or not local "
+            "(is another collector running? pass --listen HOST:PORT)"
+        )
+
+
+async def _start_server(s: _Startup) -> None:
+    assert s.server is not None
+    await s.server.start()
+    s.stack.push_async_callback(s.server.stop, s.config.grace_s)
+
+
+async def _mark_serving(s: _Startup) -> None:
+    await s.health.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+    await s.health.set("gpuaudit.v1.Collector", health_pb2.HealthCheckResponse.SERVING)
+    # Runs before server.stop: load balancers and agents see NOT_SERVING
+    # during the grace period instead of connection errors.
+    s.stack.push_async_callback(s.health.enter_graceful_shutdown)
+
+
+async def _start_watchdog(s: _Startup) -> None:
+    assert s.watchdog is not None
+    if s.config.watchdog_period_s <= 0:
+        return
+    task = asyncio.create_task(s.watchdog.run(s.config.watchdog_period_s), name="watchdog")
+
+    async def stop_watchdog() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    s.stack.push_async_callback(stop_watchdog)
+
+
+STARTUP_STEPS: tuple[tuple[str, Callable[[_Startup], Awaitable[None]]], ...] = (
+    ("open storage", _open_storage),
+    ("build server", _build_server),
+    ("bind", _bind),
+    ("start server", _start_server),
+    ("mark serving", _mark_serving),
+    ("start watchdog", _start_watchdog),
+)
+
+
+@contextlib.asynccontextmanager
+async def running_collector(
+    config: CollectorConfig, clock: Callable[[], int] = time.time_ns
+) -> AsyncIterator[RunningCollector]:
+    """Start a collector, yield it, and tear it down on exit (even after errors).
+
+    ``clock`` (ns since the epoch) is shared by storage and watchdog.
+    Raises StartupError when a step fails.
+    """
+    try:
+        host, _ = split_listen(config.listen)
+    except ValueError as err:
+        raise StartupError(str(err)) from err
+    async with contextlib.AsyncExitStack() as stack:
+        s = _Startup(config, clock, stack)
+        for name, step in STARTUP_STEPS:
+            log.debug("start-up step: %s", name)
+            await step(s)
+        assert s.storage and s.watchdog and s.server
+        yield RunningCollector(host, s.port, s.storage, s.watchdog, s.server)
+
+
+async def serve(config: CollectorConfig, out: TextIO = sys.stdout) -> None:
+    """Run a collector until SIGINT or SIGTERM, then stop gracefully.
+
+    Prints ``gpuaudit collector listening on HOST:PORT`` (the bound port) to
+    ``out`` once it accepts connections.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_collector(config) as collector:
+        print(f"gpuaudit collector listening on {collector.address}", file=out, flush=True)
+        log.info("storing events in %s", collector.storage.describe())
+        await stop.wait()
+        log.info("stopping (grace %.1fs)", config.grace_s)
+
+
+class BackgroundCollector:
+    """A collector on its own thread and event loop, for synchronous callers."""
+
+    def __init__(self, config: CollectorConfig, clock: Callable[[], int] = time.time_ns) -> None:
+        """Prepare (not start) a collector with ``config`` and ``clock``."""
+        self._config = config
+        self._clock = clock
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="collector", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._running: RunningCollector | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> RunningCollector:
+        """Start and wait until it serves; re-raises a start-up error."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise StartupError(f"collector did not start within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self._running is not None
+        return self._running
+
+    def stop(self) -> None:
+        """Stop gracefully and wait for teardown to finish."""
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def __enter__(self) -> RunningCollector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with running_collector(self._config, self._clock) as running:
+                self._running = running
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as err:  # handed to start(); the thread must not die silently
+            self._error = err
+        finally:
+            self._ready.set()
+
+
+class _CollectorService(collector_pb2_grpc.CollectorServicer):
+    """The generated service interface, delegating to the two servicers."""
+
+    def __init__(self, ingest: IngestServicer, query: QueryServicer) -> None:
+        self._ingest = ingest
+        self._query = query
+
+    # Real async (generator) functions, not plain forwarders: grpc.aio picks
+    # how to drive a handler by inspecting the function it is given.
+    async def Ingest(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for ack in self._ingest.Ingest(request_iterator, context):
+            yield ack
+
+    async def QueryEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for event in self._query.QueryEvents(request, context):
+            yield event
+
+    async def GetStatus(self, request: Any, context: Any) -> Any:
+        return await self._query.GetStatus(request, context)

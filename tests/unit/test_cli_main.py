@@ -1,0 +1,224 @@
+"""`gpuaudit` subcommands run in-process (and the collector as a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from gpuaudit.jsonform import from_json
+from gpuaudit.v1 import collector_pb2_grpc
+
+from collector import cli, render
+from collector.server import BackgroundCollector, CollectorConfig
+from tests.unit.test_collector_support import (
+    T0_NS,
+    batch,
+    gpu_open,
+    health,
+    process_exec,
+    process_exit,
+)
+
+GPUAUDIT = Path(sys.executable).with_name("gpuaudit")
+
+EVENTS = [
+    gpu_open(1, t_s=1, pid=10, uid=1000, errno=6),
+    process_exec(2, ["/usr/bin/python3", "train.py", "--lr", "0.1"], t_s=2, pid=11),
+    process_exit(3, t_s=3, pid=11, sig=9),
+    health(4, t_s=4, lost=(7, 8, 9)),
+]
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory):
+    db = tmp_path_factory.mktemp("cli") / "events.db"
+    config = CollectorConfig(listen="127.0.0.1:0", db=str(db), watchdog_period_s=0)
+    with BackgroundCollector(config) as running:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = collector_pb2_grpc.CollectorStub(channel)
+            list(stub.Ingest(iter([batch(1, *EVENTS)]), timeout=10))
+            list(stub.Ingest(iter([batch(1, gpu_open(1, node="n2", boot_id="c", t_s=5))])))
+        yield running.address
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_events_json_lines_round_trip(capsys, address):
+    code, out, _ = run(capsys, "events", "--collector", address, "--json", "--node", "n1")
+    assert code == 0
+    lines = out.splitlines()
+    assert [from_json(line) for line in lines] == EVENTS
+    assert json.loads(lines[0])["seq"] == 1  # 64-bit ints are JSON numbers
+
+
+def test_events_table(capsys, address):
+    code, out, _ = run(capsys, "events", "--collector", address)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == list(render.EVENT_COLUMNS)
+    assert len(rows) == 5
+    assert re.search(r"n1\s+1\s+gpu\.open\s+10\s+alice\s+python3\s+/dev/nvidia0 errno=6 \(ENXIO\)",
+                     rows[0])
+    assert "python3 train.py --lr 0.1" in rows[1]
+    assert "killed by SIGKILL (9)" in rows[2]
+    assert "kernel_lost=7 queue_dropped=8 decode_errors=9" in rows[3]
+    assert rows[4].split()[1:4] == ["n2", "1", "gpu.open"]
+
+
+def test_events_filters(capsys, address):
+    _, out, _ = run(capsys, "events", "--collector", address, "--json",
+                    "--type", "process.exec,process.exit", "--pid", "11")
+    assert [from_json(line).seq for line in out.splitlines()] == [2, 3]
+    _, out, _ = run(capsys, "events", "--collector", address, "--json",
+                    "--type", "gpu.open", "--type", "agent.health", "--uid", "1000")
+    # agent.health has no process, so a uid filter excludes it.
+    assert [(e.node, e.type) for e in map(from_json, out.splitlines())] == [
+        ("n1", "gpu.open"), ("n2", "gpu.open"),
+    ]  # fmt: skip
+    _, out, _ = run(capsys, "events", "--collector", address, "--json", "--node", "n2")
+    assert [from_json(line).node for line in out.splitlines()] == ["n2"]
+
+
+def test_events_limit_newest_and_oldest(capsys, address):
+    _, out, _ = run(capsys, "events", "--collector", address, "--json", "--limit", "2")
+    assert [from_json(line).seq for line in out.splitlines()] == [4, 1]  # latest two
+    _, out, _ = run(capsys, "events", "--collector", address, "--json", "--limit", "2",
+                    "--oldest")
+    assert [from_json(line).seq for line in out.splitlines()] == [1, 2]
+
+
+def test_events_since(capsys, address):
+    # The fixture events are from 2023; RFC3339 picks from the third on.
+    _, out, _ = run(capsys, "events", "--collector", address, "--json",
+                    "--since", "2023-11-14T22:13:23Z")
+    assert [from_json(line).seq for line in out.splitlines()] == [3, 4, 1]
+    _, out, _ = run(capsys, "events", "--collector", address, "--json", "--since", "10m")
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--since", "10x"], "argument --since: '10x' is not a duration back from now"),
+     (["--since", "2024-01-01T00:00:00"], "no UTC offset"),
+     (["--limit", "0"], "argument --limit: '0' must be greater than 0"),
+     (["--pid", "abc"], "argument --pid: invalid int value"),
+     (["--collector", "nowhere"], "is not HOST:PORT")],
+)  # fmt: skip
+def test_events_usage_errors_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["events", *argv])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_type_exits_2(capsys, address):
+    code, _, err = run(capsys, "events", "--collector", address, "--type", "gpu.opne")
+    assert code == 2
+    assert "unknown event type 'gpu.opne' (known: agent.health" in err
+
+
+def test_status_json(capsys, address):
+    code, out, _ = run(capsys, "status", "--collector", address, "--json")
+    assert code == 0
+    assert len(out.splitlines()) == 1
+    status = json.loads(out)
+    assert status["events_stored"] == 5
+    n1 = status["nodes"][0]
+    assert (n1["node"], n1["boot_id"], n1["last_seq"], n1["events_stored"]) == ("n1", "b1", 4, 4)
+    assert (n1["kernel_lost"], n1["queue_dropped"], n1["decode_errors"]) == (7, 8, 9)
+    assert (n1["silent"], n1["mode"]) == (False, "ebpf")
+    assert [s["name"] for s in n1["sensors"]] == ["gpu_open", "exec"]
+
+
+def test_status_table(capsys, address):
+    code, out, _ = run(capsys, "status", "--collector", address)
+    assert code == 0
+    header, n1, n2, totals = out.splitlines()
+    assert header.split() == list(render.STATUS_COLUMNS)
+    assert n1.split()[:3] == ["n1", "b1", render.timestamp(T0_NS + 4 * 10**9)]
+    assert "exec:degraded(no tracepoint)" in n1
+    assert n2.split()[:4] == ["n2", "c", "never", "-"]
+    assert totals.startswith("2 node(s), 5 event(s) stored in sqlite:")
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["events", "status"])
+def test_unreachable_collector_exits_1_with_a_message(capsys, command):
+    address = f"127.0.0.1:{closed_port()}"
+    code, out, err = run(capsys, command, "--collector", address)
+    assert code == 1
+    assert out == ""
+    assert f"cannot reach the collector at {address}" in err
+    assert "Traceback" not in err
+
+
+def test_collector_env_var_is_the_default_address(monkeypatch):
+    monkeypatch.setenv(cli.COLLECTOR_ENV, "collector.example:7000")
+    assert cli.build_parser().parse_args(["status"]).collector == "collector.example:7000"
+
+
+def test_agent_subcommand_flags():
+    args = cli.build_parser().parse_args(
+        ["agent", "--collector", "10.0.0.1:50051", "--node", "gpu01", "--mode", "procfs",
+         "--heartbeat", "2.5", "--log-level", "debug"]
+    )  # fmt: skip
+    assert (args.collector, args.node, args.mode, args.heartbeat, args.log_level) == (
+        "10.0.0.1:50051", "gpu01", "procfs", 2.5, "DEBUG",
+    )  # fmt: skip
+    assert args.run is cli.run_agent_command
+    defaults = cli.build_parser().parse_args(["agent"])
+    assert (defaults.node, defaults.mode, defaults.heartbeat) == (None, "auto", 5.0)
+
+
+def test_collector_process_prints_its_port_and_stops_on_sigterm(tmp_path):
+    db = tmp_path / "new" / "events.db"
+    proc = subprocess.Popen(
+        [str(GPUAUDIT), "collector", "--listen", "127.0.0.1:0", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"gpuaudit collector listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        status = subprocess.run(
+            [str(GPUAUDIT), "status", "--collector", f"127.0.0.1:{match[1]}", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["db"] == f"sqlite:{db}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert db.exists()
+
+
+def test_collector_startup_failure_exits_1_with_advice(capsys, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "collector", "--listen", f"127.0.0.1:{port}",
+                           "--db", str(tmp_path / "e.db"))
+    assert code == 1
+    assert f"gpuaudit collector: cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
