@@ -28,8 +28,8 @@ run: install
 	 $(BIN)/gpuaudit agent --collector $(LISTEN)
 
 lint: install
-	$(BIN)/ruff check agent collector tests bench
-	$(BIN)/mypy agent collector
+	$(BIN)/ruff check agent collector tests bench proto/gpuaudit/jsonform.py
+	$(BIN)/mypy agent collector proto/gpuaudit/jsonform.py
 
 # The whole suite: lint, types, unit, then root/eBPF integration tests.
 # With CI=true a missing capability (root, bcc, tracefs) fails instead of skipping.

@@ -19,11 +19,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gpuaudit.v1 import events_pb2
-
 from agent import procfs
 from agent.cgroups import CgroupIdentity, CgroupIdMap, identity_from_path, parse_proc_cgroup
 from agent.record import Record
+from gpuaudit.v1 import events_pb2
 
 EXEC_TYPE = "process.exec"
 

@@ -104,10 +104,8 @@ class Agent:
         # In procfs mode the poller's first poll is the inventory (it reports
         # already-held GPU fds with source "inventory"); asking both would
         # report them twice.
-        if self.poller is not None:
-            records = self.poller.poll()
-        else:
-            records = inventory(self.cfg.proc_root)
+        poller = self.poller
+        records = poller.poll() if poller is not None else inventory(self.cfg.proc_root)
         if self.ring is not None:
             self.ring.mark_gpu_holders(gpu_holders(records))
         for rec in records:

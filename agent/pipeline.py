@@ -34,7 +34,9 @@ class Identity:
     boot_id: str
 
 
-def build_event(rec: Record, ident: Identity, seq: int, process: events_pb2.Process | None) -> events_pb2.Event:
+def build_event(
+    rec: Record, ident: Identity, seq: int, process: events_pb2.Process | None
+) -> events_pb2.Event:
     """The envelope for one record; the payload field is the type with '.' -> '_'."""
     ev = events_pb2.Event(type=rec.type, node=ident.node, boot_id=ident.boot_id, seq=seq)
     ev.time.FromNanoseconds(rec.wall_ns)

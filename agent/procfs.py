@@ -31,10 +31,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gpuaudit.v1 import events_pb2
-
 from agent.gpupaths import is_gpu_device_path
 from agent.record import Record
+from gpuaudit.v1 import events_pb2
 
 MAX_READ = 65536  # cmdline beyond this is cut (procfs argv_truncated=True)
 PF_KTHREAD = 0x00200000  # task flag in /proc/<pid>/stat field 9 (include/linux/sched.h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,7 +23,9 @@ def loop_ns(binary: Path, path: str, n: int) -> float:
     return float(out.stdout)
 
 
-def measure(binary: Path, path: str, n: int, rounds: int, treated: object) -> list[tuple[float, float]]:
+def measure(
+    binary: Path, path: str, n: int, rounds: int, treated: object
+) -> list[tuple[float, float]]:
     """Interleave: baseline, then the same loop under `treated` (a context manager factory)."""
     pairs = []
     for _ in range(rounds):
@@ -47,18 +50,37 @@ def agent_pairs(binary: Path, path: str, n: int, rounds: int) -> list[tuple[floa
 
 
 class AuditWatch:
-    """auditctl watches on the GPU device paths, like an auditd deployment would use."""
+    """auditctl watches on the GPU device paths, as an auditd deployment would set.
+
+    Audit is enabled (and auditd started, if it is not running) only for the
+    measurement; the previous state is restored afterwards. With audit
+    disabled the watches would cost nothing and the comparison would be void.
+    """
 
     PATHS = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")
 
     def __enter__(self) -> AuditWatch:
+        self.was_enabled = "enabled 1" in _auditctl("-s")
+        self.started = None
+        if subprocess.run(["pgrep", "-x", "auditd"], capture_output=True).returncode != 0:
+            self.started = subprocess.Popen(["auditd", "-f"], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+        _auditctl("-e", "1")
         for p in self.PATHS:
-            subprocess.run(["auditctl", "-w", p, "-p", "rwxa", "-k", "gpu"], check=True,
-                           capture_output=True)
+            _auditctl("-w", p, "-p", "rwxa", "-k", "gpuaudit-bench")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["auditctl", "-D", "-k", "gpu"], capture_output=True)
+        _auditctl("-D", "-k", "gpuaudit-bench")
+        if not self.was_enabled:
+            _auditctl("-e", "0")
+        if self.started is not None:
+            self.started.terminate()
+            self.started.wait(10)
+
+
+def _auditctl(*args: str) -> str:
+    return subprocess.run(["auditctl", *args], capture_output=True, text=True).stdout
 
 
 def audit_available() -> bool:
@@ -78,10 +100,11 @@ def main() -> None:
         pairs = agent_pairs(binary, f.name, args.n, args.rounds)
         print(f"agent  open/close: median ratio {median_ratio(pairs):.3f}x "
               f"over {args.rounds} rounds, {args.n} opens each "
-              f"(baseline median {sorted(b for b, _ in pairs)[len(pairs) // 2] / args.n:.0f} ns/op)")
+              f"(baseline median {statistics.median(b for b, _ in pairs) / args.n:.0f} ns/op)")
         if audit_available():
             pairs = measure(binary, f.name, args.n, args.rounds, AuditWatch)
-            print(f"auditd open/close: median ratio {median_ratio(pairs):.3f}x (watch on GPU paths)")
+            print(f"auditd open/close: median ratio {median_ratio(pairs):.3f}x "
+                  "(watch on GPU paths)")
         else:
             print("auditd: not available (auditctl missing or audit not enabled); skipped")
 

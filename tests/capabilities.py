@@ -32,7 +32,8 @@ def bpf_problem() -> str | None:
         import bcc  # noqa: F401
     except ImportError:
         return "bcc (python3-bpfcc) not importable"
-    if not any(Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")):
+    tracefs = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+    if not any(Path(p, "events").is_dir() for p in tracefs):
         return "tracefs not mounted"
     return None
 

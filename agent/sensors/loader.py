@@ -34,8 +34,11 @@ class LoadResult:
 
 def find_tracefs() -> Path | None:
     for root in TRACEFS_CANDIDATES:
-        if (root / "events").is_dir():
-            return root
+        try:
+            if (root / "events").is_dir():
+                return root
+        except OSError:  # e.g. EACCES for non-root: same as absent for us
+            continue
     return None
 
 
@@ -99,7 +102,7 @@ def load_sensors(
     """Probe, compile and attach; sensors that cannot run are reported, not fatal."""
     result = LoadResult()
     why_not = _probe_environment()
-    tracefs = find_tracefs()
+    tracefs = find_tracefs() if why_not is None else None
     if why_not is not None or tracefs is None:
         result.statuses = [_status(s.name, "off", why_not or "no tracefs") for s in sensors]
         return result
@@ -108,7 +111,8 @@ def load_sensors(
     for s in sensors:
         missing = _missing_tracepoints(s, tracefs)
         if missing:
-            result.statuses.append(_status(s.name, "off", "missing tracepoints: " + ", ".join(missing)))
+            why = "missing tracepoints: " + ", ".join(missing)
+            result.statuses.append(_status(s.name, "off", why))
         else:
             candidates.append(s)
     base_flags = [f"-DRINGBUF_PAGES={ringbuf_pages}"]

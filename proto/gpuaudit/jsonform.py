@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from gpuaudit.v1 import events_pb2
@@ -49,7 +49,8 @@ def from_json(text: str) -> events_pb2.Event:
     return json_format.Parse(text, events_pb2.Event())
 
 
-def _int64_as_numbers(d: dict[str, Any], desc: Descriptor) -> None:
+def _int64_as_numbers(d: dict[str, Any], desc: Any) -> None:
+    # desc: a message Descriptor (python or upb implementation, hence Any)
     for name, value in d.items():
         field = desc.fields_by_name.get(name)
         if field is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -71,9 +72,10 @@ class Agent:
         self.node = node
         self._out = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [GPUAUDIT, "agent", "--collector", collector, "--node", node, "--heartbeat", "1", *extra],
+            [GPUAUDIT, "agent", "--collector", collector, "--node", node,
+             "--heartbeat", "1", *extra],
             stdout=self._out, stderr=subprocess.STDOUT,
-            user=user, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **_as_user(user),
         )
 
     def output(self) -> str:
@@ -88,6 +90,13 @@ class Agent:
             rc = self.proc.wait()
         self._out.close()
         return rc
+
+
+def _as_user(uid: int | None) -> dict[str, object]:
+    """Popen arguments to run as `uid` with its own group and no root groups."""
+    if uid is None:
+        return {}
+    return {"user": uid, "group": pwd.getpwuid(uid).pw_gid, "extra_groups": []}
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 30, every: float = 0.2) -> object:

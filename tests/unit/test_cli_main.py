@@ -13,11 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gpuaudit.jsonform import from_json
-from gpuaudit.v1 import collector_pb2_grpc
 
 from collector import cli, render
 from collector.server import BackgroundCollector, CollectorConfig
+from gpuaudit.jsonform import from_json
+from gpuaudit.v1 import collector_pb2_grpc
 from tests.unit.test_collector_support import (
     T0_NS,
     batch,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gpuaudit.v1 import collector_pb2, events_pb2
 
 from collector import render
+from gpuaudit.v1 import collector_pb2, events_pb2
 from tests.unit.test_collector_support import (
     S_NS,
     T0_NS,

@@ -7,7 +7,6 @@ import socket
 
 import grpc
 import pytest
-from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.server import (
@@ -17,6 +16,7 @@ from collector.server import (
     running_collector,
     split_listen,
 )
+from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 from tests.unit.test_collector_support import (
     FakeClock,
     batch,

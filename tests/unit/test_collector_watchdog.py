@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gpuaudit.v1 import collector_pb2
 
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
+from gpuaudit.v1 import collector_pb2
 from tests.unit.test_collector_support import S_NS, T0_NS, FakeClock, gpu_open, health
 
 

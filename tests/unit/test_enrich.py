@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gpuaudit.v1 import events_pb2
 
 from agent.enrich import Enricher, PwdUserLookup
 from agent.record import Record
+from gpuaudit.v1 import events_pb2
 from tests.fixtures.cgroup.builder import make_cgroup2
 from tests.fixtures.proc.builder import ProcTree
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from gpuaudit.v1 import events_pb2
 
 from agent import procfs
 from agent.procfs import ProcfsPoller, gpu_holders, inventory
+from gpuaudit.v1 import events_pb2
 from tests.fixtures.proc.builder import PF_KTHREAD, ProcTree
 
 O_RDWR, O_CLOEXEC, O_LARGEFILE = 0o2, 0o2000000, procfs._O_LARGEFILE

@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import pytest
-from gpuaudit.v1 import events_pb2
 
 from agent import procfs
 from agent.cgroups import find_cgroup2_root
 from agent.enrich import Enricher
 from agent.procfs import ProcfsPoller, inventory
 from agent.record import Record
+from gpuaudit.v1 import events_pb2
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from gpuaudit.v1 import collector_pb2, events_pb2
 
 from collector.storage.base import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, Storage, StoreResult
 from collector.storage.sqlite import SqliteStorage
+from gpuaudit.v1 import collector_pb2, events_pb2
 from tests.unit.test_collector_support import (
     S_NS,
     T0_NS,

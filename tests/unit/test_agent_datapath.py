@@ -1,0 +1,152 @@
+"""Decode -> enrich -> seq -> spool, without root: records built with the
+ctypes mirrors, run through the real Processor, MemorySpool and JSON form."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import threading
+
+from agent.pipeline import Identity, Processor, build_event
+from agent.queue import DroppingQueue
+from agent.record import Record
+from agent.sensors.base import BootClock
+from agent.sensors.gpu_open import decode_gpu_open
+from agent.sensors.process import decode_exec, decode_exit
+from agent.sensors.records import OP_EXEC, OP_EXIT, OP_GPU_OPEN, ExecRec, ExitRec, GpuOpenRec
+from agent.sensors.registry import BPF_SENSORS
+from agent.spool import MemorySpool
+from gpuaudit import jsonform
+from gpuaudit.v1 import events_pb2
+
+
+class FixedClock(BootClock):
+    def __init__(self) -> None:
+        self.offset_ns = 1_000_000_000_000_000_000
+
+
+def _hdr(rec: ct.Structure, op: int, pid: int = 4242) -> None:
+    h = rec.h  # type: ignore[attr-defined]
+    h.op, h.pid, h.tid, h.ppid, h.uid, h.gid = op, pid, pid + 1, 1, 1000, 1000
+    h.ktime_ns, h.cgroup_id, h.comm = 5_000, 77, b"python3"
+
+
+def gpu_open_bytes(ret: int, path: bytes = b"/dev/nvidia0") -> bytes:
+    r = GpuOpenRec()
+    _hdr(r, OP_GPU_OPEN)
+    r.flags, r.ret, r.path = 2, ret, path
+    return bytes(r)
+
+
+def test_gpu_open_refused_and_successful() -> None:
+    rec = decode_gpu_open(gpu_open_bytes(-6), FixedClock())
+    assert rec.type == "gpu.open"
+    assert (rec.pid, rec.tid, rec.ppid, rec.uid, rec.comm, rec.cgroup_id) == (
+        4242, 4243, 1, 1000, "python3", 77)
+    assert rec.wall_ns == 1_000_000_000_000_005_000
+    p = rec.payload
+    assert isinstance(p, events_pb2.GpuOpen)
+    assert (p.path, p.flags, p.fd, p.errno, p.source) == ("/dev/nvidia0", 2, -1, 6, "ebpf")
+    p = decode_gpu_open(gpu_open_bytes(5), FixedClock()).payload
+    assert isinstance(p, events_pb2.GpuOpen)
+    assert (p.fd, p.errno) == (5, 0)
+
+
+def test_exec_argv_and_hints() -> None:
+    r = ExecRec()
+    _hdr(r, OP_EXEC)
+    r.filename, r.argc, r.truncated = b"/usr/bin/python3", 3, 0
+    for i, a in enumerate([b"python3", b"train.py", b"--lr=3e-4"]):
+        r.argv[i].value = a
+    rec = decode_exec(bytes(r), FixedClock())
+    p = rec.payload
+    assert isinstance(p, events_pb2.ProcessExec)
+    assert list(p.argv) == ["python3", "train.py", "--lr=3e-4"]
+    assert (p.filename, p.argv_truncated) == ("/usr/bin/python3", False)
+    assert (rec.exe_hint, rec.argv_hint) == ("/usr/bin/python3", list(p.argv))
+
+
+def test_exit_is_about_the_process_not_the_last_thread() -> None:
+    r = ExitRec()
+    _hdr(r, OP_EXIT)
+    r.exit_code, r.signal, r.held_gpu = 0, 9, 1
+    rec = decode_exit(bytes(r), FixedClock())
+    p = rec.payload
+    assert isinstance(p, events_pb2.ProcessExit)
+    assert (p.exit_code, p.signal, p.held_gpu, rec.tid) == (0, 9, True, 4242)
+
+
+class StubEnricher:
+    """Stands in for /proc: returns identity from the record, remembers forgets."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[int] = []
+
+    def process_for(self, rec: Record) -> events_pb2.Process:
+        return events_pb2.Process(pid=rec.pid, uid=rec.uid or 0, comm=rec.comm)
+
+    def forget(self, pid: int) -> None:
+        self.forgotten.append(pid)
+
+
+def _processor(spool: MemorySpool) -> tuple[Processor, StubEnricher, DroppingQueue[bytes | Record]]:
+    decoders = {op: d for s in BPF_SENSORS for op, d in s.decoders.items()}
+    inbox: DroppingQueue[bytes | Record] = DroppingQueue(16)
+    enr = StubEnricher()
+    return Processor(inbox, decoders, FixedClock(), enr, Identity("n1", "boot1"), spool), enr, inbox
+
+
+def test_processor_numbers_gap_free_and_counts_bad_records() -> None:
+    spool = MemorySpool()
+    proc, enr, _ = _processor(spool)
+    ex = ExitRec()
+    _hdr(ex, OP_EXIT)
+    for item in [gpu_open_bytes(-6), b"\xff garbage", b"", bytes(ex),
+                 Record(type="agent.health", wall_ns=1, payload=events_pb2.AgentHealth())]:
+        proc.handle(item)
+    events = spool.read(0, 100, timeout=0)
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert [e.type for e in events] == ["gpu.open", "process.exit", "agent.health"]
+    assert proc.decode_errors == 2
+    assert enr.forgotten == [4242]  # cache dropped only after the exit was enriched
+    assert events[1].process.pid == 4242
+    assert not events[2].HasField("process")  # node-level event
+
+
+def test_event_json_matches_contract() -> None:
+    rec = decode_gpu_open(gpu_open_bytes(-6), FixedClock())
+    ev = build_event(rec, Identity("n1", "b1"), 42, events_pb2.Process(pid=4242, uid=1000))
+    d = jsonform.to_dict(ev)
+    assert d["type"] == "gpu.open" and d["seq"] == 42 and d["node"] == "n1"
+    assert d["gpu_open"] == {"path": "/dev/nvidia0", "flags": 2, "fd": -1, "errno": 6,
+                             "source": "ebpf"}
+    assert d["process"]["pid"] == 4242
+    assert jsonform.from_json(jsonform.to_json(ev)) == ev
+
+
+def test_spool_drops_oldest_and_counts_then_acks() -> None:
+    spool = MemorySpool(max_events=3)
+    for seq in range(1, 6):
+        spool.append(events_pb2.Event(seq=seq))
+    assert spool.dropped == 2
+    assert [e.seq for e in spool.read(0, 10, timeout=0)] == [3, 4, 5]
+    assert [e.seq for e in spool.read(3, 10, timeout=0)] == [4, 5]
+    spool.ack(4)
+    assert [e.seq for e in spool.read(0, 10, timeout=0)] == [5]
+    assert not spool.wait_drained(0)
+    spool.ack(5)
+    assert spool.wait_drained(0)
+
+
+def test_spool_read_wakes_on_append() -> None:
+    spool = MemorySpool()
+    t = threading.Timer(0.05, lambda: spool.append(events_pb2.Event(seq=1)))
+    t.start()
+    assert [e.seq for e in spool.read(0, 10, timeout=5)] == [1]
+    t.join()
+
+
+def test_dropping_queue_counts_instead_of_blocking() -> None:
+    q: DroppingQueue[int] = DroppingQueue(2)
+    assert [q.offer(i) for i in range(4)] == [True, True, False, False]
+    assert q.dropped == 2
+    assert (q.get(0), q.get(0), q.get(0)) == (0, 1, None)
