@@ -17,8 +17,6 @@ from contextlib import contextmanager
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from gpuaudit.jsonform import to_json
-from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 
 from collector import render
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
@@ -32,6 +30,8 @@ from collector.server import (
 )
 from collector.storage.base import MAX_QUERY_LIMIT
 from collector.timespec import SINCE_HELP, parse_since
+from gpuaudit.jsonform import to_json
+from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 
 RPC_TIMEOUT_S = 10.0
 """Deadline for every client RPC; a collector slower than this is reported."""

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
-from gpuaudit.v1 import collector_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.ingest.servicer import IngestServicer
@@ -35,6 +34,7 @@ from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.query.servicer import QueryServicer
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
+from gpuaudit.v1 import collector_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from gpuaudit.v1 import events_pb2
-
 from collector.storage.base import Heartbeat, Storage, StorageError
+from gpuaudit.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

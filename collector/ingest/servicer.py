@@ -7,10 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from gpuaudit.v1 import collector_pb2
 
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS, batch_problem
 from collector.storage.base import Storage, StorageError
+from gpuaudit.v1 import collector_pb2
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from gpuaudit.v1 import collector_pb2, events_pb2
 
 from collector.storage.base import Storage, StorageError
+from gpuaudit.v1 import collector_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gpuaudit.v1 import collector_pb2, events_pb2
-
 from collector.storage.base import (
     DEFAULT_QUERY_LIMIT,
     MAX_QUERY_LIMIT,
@@ -19,6 +17,7 @@ from collector.storage.base import (
     StorageError,
     StoreResult,
 )
+from gpuaudit.v1 import collector_pb2, events_pb2
 
 SCHEMA_VERSION = 1
 
