@@ -100,7 +100,8 @@ def main() -> None:
         pairs = agent_pairs(binary, f.name, args.n, args.rounds)
         print(f"agent  open/close: median ratio {median_ratio(pairs):.3f}x "
               f"over {args.rounds} rounds, {args.n} opens each "
-              f"(baseline median {statistics.median(b for b, _ in pairs) / args.n:.0f} ns/op)")
+              f"(baseline median {statistics.median(b for b, _ in pairs) / args.n:.0f} ns/op, "
+              f"added median {statistics.median(t - b for b, t in pairs) / args.n:.0f} ns/op)")
         if audit_available():
             pairs = measure(binary, f.name, args.n, args.rounds, AuditWatch)
             print(f"auditd open/close: median ratio {median_ratio(pairs):.3f}x "
