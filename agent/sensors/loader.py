@@ -47,7 +47,7 @@ def _tp_dir(tracefs: Path, tp: str) -> Path:
     return tracefs / "events" / category / name
 
 
-def _probe_environment() -> str | None:
+def ebpf_unavailable_reason() -> str | None:
     """Why eBPF cannot run at all here, or None when it can be tried."""
     if os.geteuid() != 0:
         return "not running as root (eBPF needs CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN)"
@@ -101,7 +101,7 @@ def load_sensors(
 ) -> LoadResult:
     """Probe, compile and attach; sensors that cannot run are reported, not fatal."""
     result = LoadResult()
-    why_not = _probe_environment()
+    why_not = ebpf_unavailable_reason()
     tracefs = find_tracefs() if why_not is None else None
     if why_not is not None or tracefs is None:
         result.statuses = [_status(s.name, "off", why_not or "no tracefs") for s in sensors]
