@@ -18,7 +18,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.enrich import Enricher
 from agent.health import HealthSources, health_record
@@ -27,7 +26,7 @@ from agent.procfs import ProcfsPoller, gpu_holders, inventory
 from agent.queue import DroppingQueue
 from agent.record import Record
 from agent.sensors.base import BootClock
-from agent.sensors.loader import LoadResult, load_sensors
+from agent.sensors.loader import LoadResult, load_sensors, sensor_status
 from agent.sensors.registry import BPF_SENSORS
 from agent.sensors.ring import RingReader
 from agent.ship import Shipper
@@ -76,7 +75,8 @@ class Agent:
     # -- start-up steps, in order -------------------------------------------
     def step_load_sensors(self) -> None:
         if self.cfg.mode == "procfs":
-            self.load.statuses = [_off(s.name, "procfs mode requested") for s in BPF_SENSORS]
+            self.load.statuses = [sensor_status(s.name, "off", "procfs mode requested")
+                                  for s in BPF_SENSORS]
             return
         self.load = load_sensors(BPF_SENSORS)
         if self.load.bpf is not None:
@@ -182,12 +182,6 @@ class Agent:
             t.join(timeout=5)
         if self.load.bpf is not None:
             self.load.bpf.cleanup()
-
-
-def _off(name: str, why: str) -> Any:
-    from gpuaudit.v1 import events_pb2
-
-    return events_pb2.SensorStatus(name=name, state="off", detail=why)
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

@@ -13,6 +13,8 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from common import RunningAgent, build, median_ratio
@@ -24,28 +26,20 @@ def loop_ns(binary: Path, path: str, n: int) -> float:
 
 
 def measure(
-    binary: Path, path: str, n: int, rounds: int, treated: object
+    binary: Path, path: str, n: int, rounds: int,
+    treated: Callable[[], AbstractContextManager[object]],
 ) -> list[tuple[float, float]]:
-    """Interleave: baseline, then the same loop under `treated` (a context manager factory)."""
+    """Interleave: baseline, then the same loop under a fresh `treated()` context.
+
+    For the agent that is a whole agent lifetime per round (start-up happens
+    before the treated loop, so it is not measured).
+    """
     pairs = []
     for _ in range(rounds):
         base = loop_ns(binary, path, n)
-        with treated():  # type: ignore[operator]
+        with treated():
             t = loop_ns(binary, path, n)
         pairs.append((base, t))
-    return pairs
-
-
-def agent_pairs(binary: Path, path: str, n: int, rounds: int) -> list[tuple[float, float]]:
-    # Starting an agent per round would measure start-up; instead run the
-    # baseline before the agent starts and after it stops, and the treated
-    # loops while it runs, alternating whole agent lifetimes.
-    pairs = []
-    for _ in range(rounds):
-        base = loop_ns(binary, path, n)
-        with RunningAgent():
-            treated = loop_ns(binary, path, n)
-        pairs.append((base, treated))
     return pairs
 
 
@@ -97,7 +91,7 @@ def main() -> None:
     binary = build("openloop.c")
     with tempfile.NamedTemporaryFile(prefix="gpuaudit-bench-") as f:
         loop_ns(binary, f.name, args.n)  # warm caches
-        pairs = agent_pairs(binary, f.name, args.n, args.rounds)
+        pairs = measure(binary, f.name, args.n, args.rounds, RunningAgent)
         print(f"agent  open/close: median ratio {median_ratio(pairs):.3f}x "
               f"over {args.rounds} rounds, {args.n} opens each "
               f"(baseline median {statistics.median(b for b, _ in pairs) / args.n:.0f} ns/op, "

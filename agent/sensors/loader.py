@@ -104,7 +104,7 @@ def load_sensors(
     why_not = ebpf_unavailable_reason()
     tracefs = find_tracefs() if why_not is None else None
     if why_not is not None or tracefs is None:
-        result.statuses = [_status(s.name, "off", why_not or "no tracefs") for s in sensors]
+        result.statuses = [sensor_status(s.name, "off", why_not or "no tracefs") for s in sensors]
         return result
 
     candidates: list[BpfSensor] = []
@@ -112,7 +112,7 @@ def load_sensors(
         missing = _missing_tracepoints(s, tracefs)
         if missing:
             why = "missing tracepoints: " + ", ".join(missing)
-            result.statuses.append(_status(s.name, "off", why))
+            result.statuses.append(sensor_status(s.name, "off", why))
         else:
             candidates.append(s)
     base_flags = [f"-DRINGBUF_PAGES={ringbuf_pages}"]
@@ -120,7 +120,7 @@ def load_sensors(
     good = _compile_isolating_failures(candidates, base_flags, flags_of, result)
     for s in good:
         result.decoders.update(s.decoders)
-        result.statuses.append(_status(s.name, "ok", ""))
+        result.statuses.append(sensor_status(s.name, "ok", ""))
     result.loaded = good
     return result
 
@@ -149,11 +149,11 @@ def _compile_isolating_failures(
             _compile([s], flags([s])).cleanup()
             good.append(s)
         except Exception as e:
-            result.statuses.append(_status(s.name, "off", f"compile/attach failed: {e}"))
+            result.statuses.append(sensor_status(s.name, "off", f"compile/attach failed: {e}"))
     if good:
         result.bpf = _compile(good, flags(good))
     return good
 
 
-def _status(name: str, state: str, detail: str) -> events_pb2.SensorStatus:
+def sensor_status(name: str, state: str, detail: str) -> events_pb2.SensorStatus:
     return events_pb2.SensorStatus(name=name, state=state, detail=detail)
