@@ -88,7 +88,7 @@ class SensorStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AgentHealth(_message.Message):
-    __slots__ = ("events_emitted", "kernel_lost", "queue_dropped", "decode_errors", "sensors", "mode", "interval_s", "version", "spool_dropped")
+    __slots__ = ("events_emitted", "kernel_lost", "queue_dropped", "decode_errors", "sensors", "mode", "interval_s", "version", "spool_dropped", "spool_pending", "spool_bytes")
     EVENTS_EMITTED_FIELD_NUMBER: _ClassVar[int]
     KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class AgentHealth(_message.Message):
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_PENDING_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
     events_emitted: int
     kernel_lost: int
     queue_dropped: int
@@ -107,7 +109,9 @@ class AgentHealth(_message.Message):
     interval_s: int
     version: str
     spool_dropped: int
-    def __init__(self, events_emitted: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., mode: _Optional[str] = ..., interval_s: _Optional[int] = ..., version: _Optional[str] = ..., spool_dropped: _Optional[int] = ...) -> None: ...
+    spool_pending: int
+    spool_bytes: int
+    def __init__(self, events_emitted: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., mode: _Optional[str] = ..., interval_s: _Optional[int] = ..., version: _Optional[str] = ..., spool_dropped: _Optional[int] = ..., spool_pending: _Optional[int] = ..., spool_bytes: _Optional[int] = ...) -> None: ...
 
 class AgentSilent(_message.Message):
     __slots__ = ("last_seen", "silent_for_s")
@@ -117,8 +121,56 @@ class AgentSilent(_message.Message):
     silent_for_s: int
     def __init__(self, last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., silent_for_s: _Optional[int] = ...) -> None: ...
 
+class AgentLoss(_message.Message):
+    __slots__ = ("reason", "count", "total", "lost_boot_id", "first_seq", "last_seq")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LOST_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    count: int
+    total: int
+    lost_boot_id: str
+    first_seq: int
+    last_seq: int
+    def __init__(self, reason: _Optional[str] = ..., count: _Optional[int] = ..., total: _Optional[int] = ..., lost_boot_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class AgentGap(_message.Message):
+    __slots__ = ("cause", "lost_boot_id", "first_seq", "last_seq", "count", "reason", "report_seq")
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    LOST_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    cause: str
+    lost_boot_id: str
+    first_seq: int
+    last_seq: int
+    count: int
+    reason: str
+    report_seq: int
+    def __init__(self, cause: _Optional[str] = ..., lost_boot_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., count: _Optional[int] = ..., reason: _Optional[str] = ..., report_seq: _Optional[int] = ...) -> None: ...
+
+class AgentRejected(_message.Message):
+    __slots__ = ("claimed_node", "cert_names", "peer", "reason", "batches")
+    CLAIMED_NODE_FIELD_NUMBER: _ClassVar[int]
+    CERT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    claimed_node: str
+    cert_names: _containers.RepeatedScalarFieldContainer[str]
+    peer: str
+    reason: str
+    batches: int
+    def __init__(self, claimed_node: _Optional[str] = ..., cert_names: _Optional[_Iterable[str]] = ..., peer: _Optional[str] = ..., reason: _Optional[str] = ..., batches: _Optional[int] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent")
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +182,9 @@ class Event(_message.Message):
     PROCESS_EXIT_FIELD_NUMBER: _ClassVar[int]
     AGENT_HEALTH_FIELD_NUMBER: _ClassVar[int]
     AGENT_SILENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_LOSS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_GAP_FIELD_NUMBER: _ClassVar[int]
+    AGENT_REJECTED_FIELD_NUMBER: _ClassVar[int]
     type: str
     time: _timestamp_pb2.Timestamp
     node: str
@@ -141,4 +196,7 @@ class Event(_message.Message):
     process_exit: ProcessExit
     agent_health: AgentHealth
     agent_silent: AgentSilent
-    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ...) -> None: ...
+    agent_loss: AgentLoss
+    agent_gap: AgentGap
+    agent_rejected: AgentRejected
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ...) -> None: ...
