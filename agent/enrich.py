@@ -61,6 +61,12 @@ class _PidInfo:
     uid: int | None = None
     gid: int | None = None
     comm: str = ""
+    # Process blocks already built for this image, by the record fields that
+    # vary: a busy GPU process emits thousands of events with the same block.
+    built: dict[tuple[object, ...], events_pb2.Process] = field(default_factory=dict)
+
+
+BUILT_PER_PID = 256  # threads x uid changes; beyond that, build every time
 
 
 class Enricher:
@@ -92,7 +98,14 @@ class Enricher:
     def process_for(self, rec: Record) -> events_pb2.Process:
         """The Process block for ``rec``. Never raises; failures are counted in stats."""
         try:
-            return self._build(rec, self._info_for(rec))
+            info = self._info_for(rec)
+            key = (rec.tid, rec.ppid, rec.uid, rec.gid, rec.comm, rec.cgroup_id)
+            process = info.built.get(key)
+            if process is None:
+                process = self._build(rec, info)
+                if len(info.built) < BUILT_PER_PID:
+                    info.built[key] = process
+            return process
         except Exception:  # last line of defence: per-event errors must not stop the loop
             self.stats["internal_errors"] += 1
             return events_pb2.Process(pid=rec.pid, tid=rec.tid, ppid=rec.ppid,
@@ -124,6 +137,7 @@ class Enricher:
         self._cache.move_to_end(pid)
         if rec.exe_hint or rec.argv_hint:
             _apply_hints(info, rec)
+            info.built.clear()
         return info
 
     def _load(self, pid: int, prev: _PidInfo | None) -> _PidInfo:

@@ -24,6 +24,8 @@ class HealthSources:
     queue_dropped: Callable[[], int] = lambda: 0
     decode_errors: Callable[[], int] = lambda: 0
     spool_dropped: Callable[[], int] = lambda: 0
+    spool_pending: Callable[[], int] = lambda: 0
+    spool_bytes: Callable[[], int] = lambda: 0
     extra_status: list[Callable[[], events_pb2.SensorStatus]] = field(default_factory=list)
 
 
@@ -34,6 +36,8 @@ def health_record(src: HealthSources, now_ns: Callable[[], int] = time.time_ns) 
         queue_dropped=src.queue_dropped(),
         decode_errors=src.decode_errors(),
         spool_dropped=src.spool_dropped(),
+        spool_pending=src.spool_pending(),
+        spool_bytes=src.spool_bytes(),
         sensors=[*src.sensors, *(f() for f in src.extra_status)],
         mode=src.mode,
         interval_s=src.interval_s,

@@ -12,15 +12,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from agent.enrich import Enricher
 from agent.health import HealthSources, health_record
+from agent.loss import LossReporter
 from agent.pipeline import Identity, Processor
 from agent.procfs import ProcfsPoller, gpu_holders, inventory
 from agent.queue import DroppingQueue
@@ -30,7 +34,7 @@ from agent.sensors.loader import LoadResult, load_sensors, sensor_status
 from agent.sensors.registry import BPF_SENSORS
 from agent.sensors.ring import RingReader
 from agent.ship import Shipper
-from agent.spool import MemorySpool
+from agent.spool import DiskSpool, SpoolError
 
 log = logging.getLogger("gpuaudit.agent")
 
@@ -43,10 +47,23 @@ class AgentConfig:
     heartbeat_s: int = 5
     poll_s: float = 1.0  # procfs poll interval
     inbox_size: int = 65536
-    spool_events: int = 200_000
+    spool_dir: str = field(default_factory=lambda: default_spool_dir())
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_policy: str = "drop_oldest"  # or drop_newest (agent.spool.POLICIES)
+    fsync_interval_s: float = 1.0
     drain_s: float = 5.0  # at stop: how long to wait for the collector to ack
     proc_root: str = "/proc"
     cgroup_root: str = "/sys/fs/cgroup"
+    tls: Any = None  # gpuaudit.tls.TlsFiles; None only with insecure
+    insecure: bool = False
+
+
+def default_spool_dir() -> str:
+    """/var/lib/gpuaudit/spool for root; a per-user state directory otherwise."""
+    if os.geteuid() == 0:
+        return "/var/lib/gpuaudit/spool"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return str(Path(state) / "gpuaudit/spool")
 
 
 class Agent:
@@ -57,13 +74,13 @@ class Agent:
         self.ident = Identity(node=cfg.node, boot_id=uuid.uuid4().hex)
         self.clock = BootClock()
         self.inbox: DroppingQueue[bytes | Record] = DroppingQueue(cfg.inbox_size)
-        self.spool = MemorySpool(cfg.spool_events)
+        self.spool: DiskSpool | None = None
         self.enricher = Enricher(proc_root=cfg.proc_root, cgroup_root=cfg.cgroup_root)
         self.load = LoadResult()
         self.ring: RingReader | None = None
         self.poller: ProcfsPoller | None = None
         self.processor: Processor | None = None
-        self.shipper = Shipper(cfg.collector, self.spool)
+        self.shipper: Shipper | None = None
         self.stopping = threading.Event()  # producers stop
         self.ship_stop = threading.Event()  # shipper stops (after draining)
         self.threads: list[threading.Thread] = []
@@ -73,6 +90,17 @@ class Agent:
         return "ebpf" if self.ring is not None else "procfs"
 
     # -- start-up steps, in order -------------------------------------------
+    def step_spool(self) -> None:
+        """Open the disk spool first: what an earlier run left is sent first."""
+        cfg = self.cfg
+        try:
+            self.spool = DiskSpool(cfg.spool_dir, self.ident.boot_id, cfg.spool_max_bytes,
+                                   cfg.spool_policy, cfg.fsync_interval_s)
+        except (SpoolError, OSError) as err:
+            raise SystemExit(f"gpuaudit agent: {err}") from None
+        creds = cfg.tls.channel_credentials() if cfg.tls is not None else None
+        self.shipper = Shipper(cfg.collector, self.spool, credentials=creds)
+
     def step_load_sensors(self) -> None:
         if self.cfg.mode == "procfs":
             self.load.statuses = [sensor_status(s.name, "off", "procfs mode requested")
@@ -96,8 +124,16 @@ class Agent:
             self.poller = ProcfsPoller(proc_root=self.cfg.proc_root)
 
     def step_processor(self) -> None:
+        assert self.spool is not None
+        ring = self.ring
+        losses = LossReporter(
+            counters={"kernel": ring.kernel_lost if ring else (lambda: 0),
+                      "queue": lambda: self.inbox.dropped,
+                      "decode": lambda: self.processor.decode_errors if self.processor else 0},
+            spool=self.spool,
+        )
         self.processor = Processor(self.inbox, self.load.decoders, self.clock,
-                                   self.enricher, self.ident, self.spool)
+                                   self.enricher, self.ident, self.spool, losses)
 
     def step_inventory(self) -> None:
         """GPU fds held before the agent started, reported with source "inventory"."""
@@ -112,7 +148,7 @@ class Agent:
             self.inbox.put(rec, timeout=5)
 
     def step_threads(self) -> None:
-        assert self.processor is not None
+        assert self.processor is not None and self.shipper is not None
         self._spawn("processor", self.processor.run, self.stopping)
         self._spawn("shipper", self.shipper.run, self.ship_stop)
         if self.ring is not None:
@@ -133,7 +169,7 @@ class Agent:
                 self.inbox.offer(rec)
 
     def start(self) -> None:
-        for step in (self.step_load_sensors, self.step_report_degraded,
+        for step in (self.step_spool, self.step_load_sensors, self.step_report_degraded,
                      self.step_processor, self.step_inventory, self.step_threads):
             log.debug("start-up step %s", step.__name__)
             step()
@@ -142,9 +178,10 @@ class Agent:
 
     # -- running ------------------------------------------------------------
     def health_sources(self) -> HealthSources:
-        assert self.processor is not None
+        assert self.processor is not None and self.spool is not None
         proc = self.processor
         ring = self.ring
+        spool = self.spool
         return HealthSources(
             mode=self.mode,
             interval_s=self.cfg.heartbeat_s,
@@ -153,7 +190,9 @@ class Agent:
             kernel_lost=ring.kernel_lost if ring else (lambda: 0),
             queue_dropped=lambda: self.inbox.dropped,
             decode_errors=lambda: proc.decode_errors,
-            spool_dropped=lambda: self.spool.dropped,
+            spool_dropped=lambda: spool.dropped,
+            spool_pending=spool.pending,
+            spool_bytes=spool.size_bytes,
         )
 
     def run(self) -> None:
@@ -174,12 +213,15 @@ class Agent:
         for t in self.threads:
             if t.name != "gpuaudit-shipper":
                 t.join(timeout=5)
-        if not self.spool.wait_drained(self.cfg.drain_s):
-            log.warning("stopping with %d events not acknowledged by the collector",
-                        self.spool.pending())
+        spool = self.spool
+        if spool is not None and not spool.wait_drained(self.cfg.drain_s):
+            log.warning("stopping with %d events not yet acknowledged; they stay in the spool "
+                        "%s and go out at the next start", spool.pending(), spool.dir)
         self.ship_stop.set()
         for t in self.threads:
             t.join(timeout=5)
+        if spool is not None:
+            spool.close()
         if self.load.bpf is not None:
             self.load.bpf.cleanup()
 
@@ -190,6 +232,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cfg.node = args.node
     cfg.mode = getattr(args, "mode", None) or cfg.mode
     cfg.heartbeat_s = int(getattr(args, "heartbeat", None) or cfg.heartbeat_s)
+    cfg.tls = getattr(args, "tls_files", None)
+    cfg.insecure = bool(getattr(args, "insecure", False))
+    for name in ("spool_dir", "spool_max_bytes", "spool_policy", "fsync_interval_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    if cfg.tls is None and not cfg.insecure:
+        raise SystemExit("gpuaudit agent: pass --tls-dir DIR (see `gpuaudit certs init`) "
+                         "or --insecure for plaintext")
     return cfg
 
 
