@@ -21,8 +21,10 @@ DETAIL_MAX = 160
 EVENT_COLUMNS = ("TIME", "NODE", "SEQ", "TYPE", "PID", "USER", "COMM", "DETAIL")
 STATUS_COLUMNS = (
     "NODE", "BOOT_ID", "LAST_HEARTBEAT", "AGE", "LAST_SEQ", "EVENTS",
-    "KERNEL_LOST", "QUEUE_DROPPED", "DECODE_ERRORS", "SILENT", "MODE", "SENSORS",
+    "KERNEL_LOST", "QUEUE_DROPPED", "DECODE_ERRORS", "SPOOL_DROPPED", "GAPS/MISSING",
+    "REJECTED", "SILENT", "MODE", "SENSORS",
 )  # fmt: skip
+"""GAPS/MISSING is ``<agent.gap events>/<events missing>``; REJECTED counts refused batches."""
 
 
 def clean(text: str) -> str:
@@ -138,12 +140,40 @@ def _agent_silent(ev: events_pb2.Event) -> str:
     return f"no heartbeat for {s.silent_for_s}s, last {timestamp(s.last_seen.ToNanoseconds())}"
 
 
+def _agent_loss(ev: events_pb2.Event) -> str:
+    x = ev.agent_loss
+    return f"lost {x.count} ({x.reason}, total {x.total})" + _seq_range(
+        x.lost_boot_id, x.first_seq, x.last_seq
+    )
+
+
+def _agent_gap(ev: events_pb2.Event) -> str:
+    g = ev.agent_gap
+    why = f"reported {g.reason} at seq {g.report_seq}" if g.cause == "reported" else g.cause
+    return f"missing {g.count} ({why})" + _seq_range(g.lost_boot_id, g.first_seq, g.last_seq)
+
+
+def _seq_range(boot_id: str, first: int, last: int) -> str:
+    return f" seq {first}-{last} of {boot_id}" if first else ""
+
+
+def _agent_rejected(ev: events_pb2.Event) -> str:
+    r = ev.agent_rejected
+    return (
+        f"refused {r.batches} batch(es) claiming {r.claimed_node!r}: {r.reason} "
+        f"cert={','.join(r.cert_names)} peer={r.peer}"
+    )
+
+
 _DETAILS = {
     "gpu_open": _gpu_open,
     "process_exec": _process_exec,
     "process_exit": _process_exit,
     "agent_health": _agent_health,
     "agent_silent": _agent_silent,
+    "agent_loss": _agent_loss,
+    "agent_gap": _agent_gap,
+    "agent_rejected": _agent_rejected,
 }
 
 
@@ -153,11 +183,12 @@ def status_row(n: collector_pb2.NodeStatus, now_ns: int) -> list[str]:
     beat_ns = n.last_heartbeat.ToNanoseconds()
     sensors = " ".join(_sensor(s) for s in n.sensors)
     return [
-        n.node, n.boot_id,
+        n.node, n.boot_id or "-",
         timestamp(beat_ns) if beat else "never",
         age((now_ns - beat_ns) / 1e9) if beat else "-",
         str(n.last_seq), str(n.events_stored),
-        str(n.kernel_lost), str(n.queue_dropped), str(n.decode_errors),
+        str(n.kernel_lost), str(n.queue_dropped), str(n.decode_errors), str(n.spool_dropped),
+        f"{n.gaps}/{n.missing_events}", str(n.rejected),
         "SILENT" if n.silent else "no", n.mode or "-", sensors or "-",
     ]  # fmt: skip
 

@@ -6,17 +6,22 @@ reverse, however far start-up got (Falco's run_steps/teardown_steps).
 
 In-process use (tests, benches)::
 
-    async with running_collector(CollectorConfig(listen="127.0.0.1:0", db=path)) as c:
+    config = CollectorConfig(listen="127.0.0.1:0", db=path, insecure=True)
+    async with running_collector(config) as c:
         ...  # c.port, c.address
 
-    with BackgroundCollector(CollectorConfig(listen="127.0.0.1:0", db=path)) as c:
+    with BackgroundCollector(config) as c:
         ...  # same, from synchronous code: the collector runs on its own thread
+
+A collector serves either mutual TLS (``tls=TlsFiles...``) or, only when asked
+explicitly, plaintext (``insecure=True``); with neither it refuses to start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -29,11 +34,15 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from collector.ingest.servicer import IngestServicer
+from collector.ingest.group import DEFAULT_MAX_GROUP_EVENTS, GroupCommitter
+from collector.ingest.ratelimit import NodeRateLimiter
+from collector.ingest.rejections import WINDOW_S, Rejections
+from collector.ingest.servicer import IngestPolicy, IngestServicer
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.query.servicer import QueryServicer
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
+from gpuaudit.tls import TlsConfigError, TlsFiles
 from gpuaudit.v1 import collector_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,11 @@ class CollectorConfig:
     max_message_bytes: int = 16 * MiB        # largest EventBatch accepted
     watchdog_period_s: float = 2.0           # 0 disables the periodic watchdog
     grace_s: float = 5.0                     # in-flight RPCs get this long at stop
+    tls: TlsFiles | None = None              # mutual TLS (client certificates required)
+    insecure: bool = False                   # plaintext, no identity checks (explicit opt-in)
+    node_rate_limit: float = 100_000.0       # events/s per node; 0 = no limit
+    node_rate_burst: int = 0                 # bucket size in events; 0 = two seconds' worth
+    max_group_events: int = DEFAULT_MAX_GROUP_EVENTS  # most events per group commit
 
 
 class StartupError(Exception):
@@ -71,6 +85,8 @@ class RunningCollector:
     storage: SqliteStorage
     watchdog: Watchdog
     server: grpc.aio.Server
+    committer: GroupCommitter
+    rejections: Rejections
 
     @property
     def address(self) -> str:
@@ -87,15 +103,22 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def server_options(config: CollectorConfig) -> list[tuple[str, Any]]:
-    """gRPC channel arguments for the collector's server."""
+    """gRPC channel arguments for the collector's server.
+
+    Keepalive is paired with the agent's client (agent/ship.py): the agent
+    pings every 20 s (timeout 10 s), also with no call in flight, and sends
+    up to 16 MiB per message. The server must accept pings that often (it
+    allows one per 10 s, half the agent's interval, so jitter never counts as
+    a strike and earns a GOAWAY "too_many_pings"), and accepts messages up to
+    ``max_message_bytes`` (default the agent's 16 MiB); larger ones get gRPC's
+    own RESOURCE_EXHAUSTED "Received message larger than max (N vs. M)".
+    """
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         # Ping idle agent connections so a node that vanished (power cut, no
         # FIN) is noticed and its stream released.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
-        # Let agents keep their own keepalive at >= 10 s, even between
-        # batches, without being sent GOAWAY "too_many_pings".
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         # gRPC sets SO_REUSEPORT by default: a second collector would bind the
@@ -113,9 +136,42 @@ class _Startup:
     stack: contextlib.AsyncExitStack
     storage: SqliteStorage | None = None
     watchdog: Watchdog | None = None
+    committer: GroupCommitter | None = None
+    rejections: Rejections | None = None
     server: grpc.aio.Server | None = None
     health: Any = field(default_factory=AsyncHealthServicer)
     port: int = 0
+
+
+async def _check_transport(s: _Startup) -> None:
+    tls, host = s.config.tls, split_listen(s.config.listen)[0]
+    if tls is not None:
+        try:
+            tls.check()
+        except TlsConfigError as err:
+            raise StartupError(f"TLS: {err}") from err
+        return
+    if not s.config.insecure:
+        raise StartupError(
+            "no TLS configured: pass --tls-dir DIR (see `gpuaudit certs`) "
+            "or --insecure for plaintext"
+        )
+    if not is_loopback(host):
+        log.warning(
+            "serving PLAINTEXT on %s (--insecure): anyone who can reach it can write "
+            "events under any node name and read the audit trail; use --tls-dir",
+            s.config.listen,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as in a listen address) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def _open_storage(s: _Startup) -> None:
@@ -129,11 +185,32 @@ async def _open_storage(s: _Startup) -> None:
     s.watchdog = Watchdog(s.storage, clock=s.clock)
 
 
-async def _build_server(s: _Startup) -> None:
+async def _start_committer(s: _Startup) -> None:
     assert s.storage is not None
+    s.committer = GroupCommitter(s.storage, s.config.max_group_events)
+    s.committer.start()
+    # Teardown runs these after server.stop: batches still queued are
+    # committed (their streams are gone, the agents resend; storing them is
+    # harmless), and refusals still being counted get their agent.rejected.
+    s.stack.callback(s.committer.close)
+    s.rejections = Rejections(s.storage)
+    s.stack.callback(s.rejections.flush, True)
+
+
+def _ingest_policy(config: CollectorConfig) -> IngestPolicy:
+    limiter = None
+    if config.node_rate_limit > 0:
+        limiter = NodeRateLimiter(config.node_rate_limit, config.node_rate_burst)
+    return IngestPolicy(config.max_batch_events, tls=config.tls is not None, limiter=limiter)
+
+
+async def _build_server(s: _Startup) -> None:
+    assert s.storage is not None and s.committer is not None
     s.server = grpc.aio.server(options=server_options(s.config))
+    tls = s.config.tls is not None
     service = _CollectorService(
-        IngestServicer(s.storage, s.config.max_batch_events), QueryServicer(s.storage)
+        IngestServicer(s.committer, _ingest_policy(s.config), s.rejections),
+        QueryServicer(s.storage, tls=tls),
     )
     collector_pb2_grpc.add_CollectorServicer_to_server(service, s.server)
     health_pb2_grpc.add_HealthServicer_to_server(s.health, s.server)
@@ -142,7 +219,11 @@ async def _build_server(s: _Startup) -> None:
 async def _bind(s: _Startup) -> None:
     assert s.server is not None
     try:
-        s.port = s.server.add_insecure_port(s.config.listen)
+        if s.config.tls is not None:
+            credentials = s.config.tls.server_credentials()
+            s.port = s.server.add_secure_port(s.config.listen, credentials)
+        else:
+            s.port = s.server.add_insecure_port(s.config.listen)
     except RuntimeError as err:
         s.port = 0
         log.debug("bind failed: %s", err)
@@ -181,13 +262,36 @@ async def _start_watchdog(s: _Startup) -> None:
     s.stack.push_async_callback(stop_watchdog)
 
 
+async def _start_rejection_flush(s: _Startup) -> None:
+    assert s.rejections is not None
+    task = asyncio.create_task(_flush_every(s.rejections, WINDOW_S), name="rejections")
+
+    async def stop_flush() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    s.stack.push_async_callback(stop_flush)
+
+
+async def _flush_every(rejections: Rejections, period_s: float) -> None:
+    # Counts of refusals that stopped coming would otherwise wait for the
+    # next refusal (or shutdown) to be recorded.
+    while True:
+        await asyncio.sleep(period_s)
+        await asyncio.to_thread(rejections.flush)
+
+
 STARTUP_STEPS: tuple[tuple[str, Callable[[_Startup], Awaitable[None]]], ...] = (
+    ("check transport", _check_transport),
     ("open storage", _open_storage),
+    ("start committer", _start_committer),
     ("build server", _build_server),
     ("bind", _bind),
     ("start server", _start_server),
     ("mark serving", _mark_serving),
     ("start watchdog", _start_watchdog),
+    ("start rejection flush", _start_rejection_flush),
 )
 
 
@@ -209,8 +313,10 @@ async def running_collector(
         for name, step in STARTUP_STEPS:
             log.debug("start-up step: %s", name)
             await step(s)
-        assert s.storage and s.watchdog and s.server
-        yield RunningCollector(host, s.port, s.storage, s.watchdog, s.server)
+        assert s.storage and s.watchdog and s.server and s.committer and s.rejections
+        yield RunningCollector(
+            host, s.port, s.storage, s.watchdog, s.server, s.committer, s.rejections
+        )
 
 
 async def serve(config: CollectorConfig, out: TextIO = sys.stdout) -> None:

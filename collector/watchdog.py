@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
@@ -32,16 +31,16 @@ _NS = 1_000_000_000
 class Watchdog:
     """Finds silent nodes and records one agent.silent event per silence.
 
-    The events are the collector's own stream: node = the silent node,
-    boot_id = ``collector-<random id of this collector run>``, seq counting
-    from 1 across all nodes for this run.
+    The events are the collector's own stream (``storage.own``, shared with
+    the agent.gap and agent.rejected events ingest raises): node = the silent
+    node, boot_id = ``collector-<id of this collector run>``, seq = the next
+    free seq of (node, boot_id), assigned by the store.
     """
 
     def __init__(
         self,
         storage: Storage,
         clock: Callable[[], int] = time.time_ns,
-        run_id: str | None = None,
         factor: int = SILENT_FACTOR,
     ) -> None:
         """Watch ``storage``'s heartbeats; ``clock`` gives ns since the epoch.
@@ -51,9 +50,12 @@ class Watchdog:
         self._storage = storage
         self._clock = clock
         self._factor = factor
-        self.boot_id = "collector-" + (run_id or secrets.token_hex(8))
         self._started_ns = clock()
-        self._seq = 0
+
+    @property
+    def boot_id(self) -> str:
+        """boot_id of the events this collector run raises."""
+        return self._storage.own.boot_id
 
     def check(self) -> list[events_pb2.Event]:
         """One pass over all nodes; returns the agent.silent events it stored."""
@@ -63,10 +65,10 @@ class Watchdog:
             silent_for_ns = now - max(beat.received_ns, self._started_ns)
             if beat.silent or silent_for_ns <= self._limit_ns(beat):
                 continue
-            event = self._silent_event(beat, now, silent_for_ns)
-            if self._storage.mark_silent(event, beat.received_ns):
-                self._seq = event.seq
-                raised.append(event)
+            event = self._silent_event(beat, silent_for_ns)
+            stored = self._storage.mark_silent(event, beat.received_ns)
+            if stored is not None:
+                raised.append(stored)
                 log.warning("node %s silent for %ds", beat.node, silent_for_ns // _NS)
         return raised
 
@@ -83,11 +85,8 @@ class Watchdog:
     def _limit_ns(self, beat: Heartbeat) -> int:
         return self._factor * (beat.interval_s or DEFAULT_INTERVAL_S) * _NS
 
-    def _silent_event(self, beat: Heartbeat, now: int, silent_for_ns: int) -> events_pb2.Event:
-        event = events_pb2.Event(
-            type="agent.silent", node=beat.node, boot_id=self.boot_id, seq=self._seq + 1
-        )
-        event.time.FromNanoseconds(now)
+    def _silent_event(self, beat: Heartbeat, silent_for_ns: int) -> events_pb2.Event:
+        event = self._storage.own.new("agent.silent", beat.node)
         event.agent_silent.last_seen.FromNanoseconds(beat.last_heartbeat_ns)
         event.agent_silent.silent_for_s = silent_for_ns // _NS
         return event

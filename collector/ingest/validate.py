@@ -12,7 +12,7 @@ from gpuaudit.v1 import collector_pb2, events_pb2
 DEFAULT_MAX_BATCH_EVENTS = 5000
 """Most events one batch may carry (keeps one transaction and one Ack bounded)."""
 
-COLLECTOR_ONLY_TYPES = frozenset({"agent.silent"})
+COLLECTOR_ONLY_TYPES = frozenset({"agent.silent", "agent.gap", "agent.rejected"})
 """Types only the collector raises; an agent sending one is an error."""
 
 
@@ -37,6 +37,13 @@ def batch_problem(batch: collector_pb2.EventBatch, max_events: int) -> str | Non
     return None
 
 
+MAX_SEQ = 2**63 - 1
+"""Largest seq the store can hold (SQLite integers are signed 64-bit)."""
+
+MAX_TIME_S = (2**63 - 1) // 1_000_000_000
+"""Latest event time whose nanoseconds fit a signed 64-bit integer (year 2262)."""
+
+
 def event_problem(event: events_pb2.Event) -> str | None:
     """What is wrong with one event on its own, or None."""
     if not event.node:
@@ -45,8 +52,12 @@ def event_problem(event: events_pb2.Event) -> str | None:
         return "boot_id is empty"
     if event.seq <= 0:
         return "seq must be greater than 0"
+    if event.seq > MAX_SEQ:
+        return f"seq {event.seq} is above the maximum {MAX_SEQ}"
     if not event.HasField("time"):
         return "time is not set"
+    if not 0 <= event.time.seconds <= MAX_TIME_S or not 0 <= event.time.nanos < 1_000_000_000:
+        return "time is outside 1970-01-01 .. 2262-04-11 or has invalid nanos"
     return _payload_problem(event)
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from collector.ingest.access import AccessDenied, caller, require_reader
 from collector.storage.base import Storage, StorageError
 from gpuaudit.v1 import collector_pb2, events_pb2
 
@@ -31,16 +32,28 @@ def query_problem(query: collector_pb2.EventQuery) -> str | None:
 
 
 class QueryServicer:
-    """The read methods of the Collector service, thin over a :class:`Storage`."""
+    """The read methods of the Collector service, thin over a :class:`Storage`.
 
-    def __init__(self, storage: Storage) -> None:
-        """Serve reads from ``storage``."""
+    With ``tls``, callers need a reader certificate (PERMISSION_DENIED otherwise).
+    """
+
+    def __init__(self, storage: Storage, tls: bool = False) -> None:
+        """Serve reads from ``storage``; ``tls``: check the caller's certificate."""
         self._storage = storage
+        self._tls = tls
+
+    async def _authorize(self, context: QueryContext | StatusContext) -> None:
+        try:
+            require_reader(caller(context, self._tls))
+        except AccessDenied as err:
+            log.warning("refused query from %s: %s", context.peer(), err)
+            await context.abort(err.code, str(err))
 
     async def QueryEvents(
         self, request: collector_pb2.EventQuery, context: QueryContext
     ) -> AsyncIterator[events_pb2.Event]:
         """Stream the stored events that match ``request``, oldest first."""
+        await self._authorize(context)
         problem = query_problem(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -56,6 +69,7 @@ class QueryServicer:
         self, request: collector_pb2.StatusRequest, context: StatusContext
     ) -> collector_pb2.StatusReply:
         """Per-node heartbeat, sequence, count and loss figures."""
+        await self._authorize(context)
         try:
             return await asyncio.to_thread(self._storage.status)
         except StorageError as err:

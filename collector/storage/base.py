@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from collector.storage.own import OwnEvents
 from gpuaudit.v1 import collector_pb2, events_pb2
 
 DEFAULT_QUERY_LIMIT = 100
@@ -45,10 +46,40 @@ class Heartbeat(NamedTuple):
 
 
 class Storage(Protocol):
-    """Event store: idempotent batch writes, filtered reads, per-node status."""
+    """Event store: idempotent batch writes, filtered reads, per-node status.
+
+    Collector-raised events (agent.silent, agent.gap, agent.rejected) are
+    built with :attr:`own` and get their seq from the store, in the
+    transaction that stores them (see :mod:`collector.storage.own`).
+    """
+
+    @property
+    def own(self) -> OwnEvents:
+        """The collector's own event stream (boot_id ``collector-<run id>``)."""
+        ...
+
+    def store_batches(self, batches: Sequence[Sequence[events_pb2.Event]]) -> list[StoreResult]:
+        """Store validated batches in ONE transaction (group commit); one result each.
+
+        Each batch holds events of one node and boot_id in increasing seq
+        order. Batches are applied in order, so of two equal batches the
+        first stores and the second counts duplicates. The agent.gap events
+        the new events reveal (:mod:`collector.storage.gaps`) are stored in
+        the same transaction. Raises StorageError, and then nothing of any
+        batch was stored.
+        """
+        ...
 
     def store_batch(self, events: Sequence[events_pb2.Event]) -> StoreResult:
-        """Store one validated batch (same node and boot_id) in one transaction."""
+        """Store one validated batch in its own transaction (``store_batches([events])``)."""
+        ...
+
+    def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
+        """Store a collector-raised ``event`` (from :attr:`own`); return it with its seq.
+
+        Counts it in its node's status (an agent.rejected adds its
+        ``batches`` to ``rejected``), creating the node's row if needed.
+        """
         ...
 
     def query(self, query: collector_pb2.EventQuery) -> list[events_pb2.Event]:
@@ -63,13 +94,15 @@ class Storage(Protocol):
         """The latest heartbeat of every node that has sent one."""
         ...
 
-    def mark_silent(self, event: events_pb2.Event, received_ns: int) -> bool:
-        """Store the ``agent.silent`` ``event`` and flag ``event.node`` silent.
+    def mark_silent(
+        self, event: events_pb2.Event, received_ns: int
+    ) -> events_pb2.Event | None:
+        """Store the ``agent.silent`` ``event`` (from :attr:`own`) and flag its node silent.
 
         Only if the node's latest heartbeat is still the one received at
         ``received_ns`` and the node is not already silent: a heartbeat landing
-        between the watchdog's look and this call wins. Returns whether the
-        event was stored.
+        between the watchdog's look and this call wins. Returns the stored
+        event (with its seq), or None when it was not stored.
         """
         ...
 

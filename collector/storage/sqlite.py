@@ -17,49 +17,29 @@ from collector.storage.base import (
     StorageError,
     StoreResult,
 )
+from collector.storage.gaps import gaps_in, missing_count
+from collector.storage.own import OwnEvents
+from collector.storage.schema import init_schema
 from gpuaudit.v1 import collector_pb2, events_pb2
 
-SCHEMA_VERSION = 1
-
-# Every query filter has an index that also orders by time, so a filtered
-# query walks the index in time order instead of sorting the table.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY,
-    node    TEXT    NOT NULL,
-    boot_id TEXT    NOT NULL,
-    seq     INTEGER NOT NULL,
-    type    TEXT    NOT NULL,
-    time_ns INTEGER NOT NULL,
-    pid     INTEGER,            -- NULL for node-level events (no process)
-    uid     INTEGER,
-    body    BLOB    NOT NULL,   -- the serialized gpuaudit.v1.Event
-    UNIQUE (node, boot_id, seq)
-);
-CREATE INDEX IF NOT EXISTS events_time      ON events (time_ns);
-CREATE INDEX IF NOT EXISTS events_type_time ON events (type, time_ns);
-CREATE INDEX IF NOT EXISTS events_node_time ON events (node, time_ns);
-CREATE INDEX IF NOT EXISTS events_pid_time  ON events (pid, time_ns);
-CREATE INDEX IF NOT EXISTS events_uid_time  ON events (uid, time_ns);
-
-CREATE TABLE IF NOT EXISTS nodes (
-    node          TEXT    PRIMARY KEY,
-    boot_id       TEXT    NOT NULL,    -- latest agent run (by event time)
-    latest_ns     INTEGER NOT NULL,    -- newest event time seen from boot_id
-    last_seq      INTEGER NOT NULL,    -- highest seq stored for boot_id
-    events_stored INTEGER NOT NULL,    -- all events stored for the node
-    heartbeat_ns  INTEGER,             -- event time of the latest agent.health
-    received_ns   INTEGER,             -- collector clock when it was stored
-    interval_s    INTEGER NOT NULL DEFAULT 0,
-    health        BLOB,                -- serialized AgentHealth of that heartbeat
-    silent        INTEGER NOT NULL DEFAULT 0
-);
-"""
-
 _INSERT = (
-    "INSERT OR IGNORE INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
+    "INSERT INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_MAX_SEQ = "SELECT MAX(seq) FROM events WHERE node = ? AND boot_id = ?"
+_SEQS_BETWEEN = "SELECT seq FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN ? AND ?"
+# Counters of collector-raised events; creates the row of a node never seen
+# (e.g. the certificate owner of a refused batch) with boot_id ''.
+_COUNT_OWN = """
+INSERT INTO nodes
+    (node, boot_id, latest_ns, last_seq, events_stored, gaps, missing_events, rejected)
+VALUES (?, '', 0, 0, ?, ?, ?, ?)
+ON CONFLICT (node) DO UPDATE SET
+    events_stored  = events_stored  + excluded.events_stored,
+    gaps           = gaps           + excluded.gaps,
+    missing_events = missing_events + excluded.missing_events,
+    rejected       = rejected       + excluded.rejected
+"""
 
 
 def time_ns(ts: Any) -> int:
@@ -67,22 +47,25 @@ def time_ns(ts: Any) -> int:
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
 
 
-def _row(ev: events_pb2.Event) -> tuple[object, ...]:
-    has_process = ev.HasField("process")
+def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
+    # The hot path (every stored event): each attribute read is a C call, so
+    # read each once.
+    t = ev.time
+    pid: int | None
+    uid: int | None
+    if ev.HasField("process"):
+        p = ev.process
+        pid, uid = p.pid, p.uid
+    else:
+        pid = uid = None
     return (
-        ev.node,
-        ev.boot_id,
-        ev.seq,
-        ev.type,
-        time_ns(ev.time),
-        ev.process.pid if has_process else None,
-        ev.process.uid if has_process else None,
+        ev.node, ev.boot_id, ev.seq, ev.type, t.seconds * 1_000_000_000 + t.nanos, pid, uid,
         ev.SerializeToString(),
-    )
+    )  # fmt: skip
 
 
 def _latest_health(events: Sequence[events_pb2.Event]) -> events_pb2.Event | None:
-    health = [ev for ev in events if ev.WhichOneof("payload") == "agent_health"]
+    health = [ev for ev in events if ev.type == "agent.health"]
     return max(health, key=lambda ev: time_ns(ev.time)) if health else None
 
 
@@ -94,24 +77,41 @@ class SqliteStorage:
     writer, so a large query does not delay acks to agents.
     """
 
-    def __init__(self, path: str | Path, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: Callable[[], int] = time.time_ns,
+        run_id: str | None = None,
+    ) -> None:
         """Open (creating it and its parent directories if needed) the store at ``path``.
 
         ``clock`` gives nanoseconds since the epoch; it timestamps the arrival
-        of heartbeats, which the watchdog compares with its own clock.
+        of heartbeats, which the watchdog compares with its own clock, and the
+        collector's own events. ``run_id`` names this collector run in their
+        boot_id (random when None).
         """
         self.path = Path(path)
         self._clock = clock
+        self._own = OwnEvents(run_id, clock)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._w = self._connect()
+        # Each stored event touches seven b-trees (table, unique key, five
+        # indexes); SQLite's default 2 MiB cache is smaller than their hot
+        # pages under load, and insert cost grew ~40% as the file grew.
+        self._w.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB
         try:
-            self._init_schema()
+            init_schema(self._w, self.path)
         except BaseException:
             self._w.close()
             raise
         self._r = self._connect()
+
+    @property
+    def own(self) -> OwnEvents:
+        """The collector's own event stream (shared by ingest and watchdog)."""
+        return self._own
 
     def describe(self) -> str:
         """Storage description for ``StatusReply.db``."""
@@ -122,28 +122,19 @@ class SqliteStorage:
         return str(self._read("PRAGMA journal_mode")[0][0])
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one batch is
-        # exactly one transaction. check_same_thread=False: calls arrive from
-        # asyncio.to_thread's pool; the locks serialize use of each connection.
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one group of
+        # batches is exactly one transaction. check_same_thread=False: calls
+        # arrive from several threads; the locks serialize use of each connection.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL, not NORMAL: in WAL mode NORMAL is safe against corruption but a
         # power loss can roll back the last commits. An Ack tells the agent it
         # may delete those events from its spool, so an acked batch must
-        # survive power loss. The cost is one fsync per batch, not per event.
+        # survive power loss. The cost is one fsync per commit, and group
+        # commit (collector.ingest.group) shares one commit among many batches.
         conn.execute("PRAGMA synchronous = FULL")
         return conn
-
-    def _init_schema(self) -> None:
-        version = self._w.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, this collector knows "
-                f"{SCHEMA_VERSION}; use a newer collector or another --db"
-            )
-        self._w.executescript(_SCHEMA)
-        self._w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -164,29 +155,38 @@ class SqliteStorage:
 
     # -- writes ---------------------------------------------------------------
 
-    def store_batch(self, events: Sequence[events_pb2.Event]) -> StoreResult:
-        """Store a validated batch (one node and boot_id) in one transaction.
+    def store_batches(self, batches: Sequence[Sequence[events_pb2.Event]]) -> list[StoreResult]:
+        """Store validated batches in one transaction; see :class:`Storage`.
 
         Idempotent: events already stored on (node, boot_id, seq) are counted
-        as duplicates. ``acked_seq`` is the highest seq stored for the boot_id,
-        which is what the proto's Ack promises.
+        as duplicates. ``acked_seq`` is the highest seq stored for the batch's
+        boot_id, which is what the proto's Ack promises.
         """
+        with self._transaction() as db:
+            return [self._store_one(db, events) for events in batches]
+
+    def store_batch(self, events: Sequence[events_pb2.Event]) -> StoreResult:
+        """Store one validated batch (one node and boot_id) in its own transaction."""
+        return self.store_batches([events])[0]
+
+    def _store_one(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> StoreResult:
         if not events:
             return StoreResult(0, 0, 0)
         node, boot_id = events[0].node, events[0].boot_id
-        with self._transaction() as db:
-            before = db.total_changes
-            db.executemany(_INSERT, [_row(ev) for ev in events])
-            stored = db.total_changes - before
-            acked_seq = db.execute(
-                "SELECT MAX(seq) FROM events WHERE node = ? AND boot_id = ?", (node, boot_id)
-            ).fetchone()[0]
-            newest = max(time_ns(ev.time) for ev in events)
-            self._update_node(db, node, boot_id, newest, int(acked_seq), stored)
-            health = _latest_health(events)
+        prev = db.execute(_MAX_SEQ, (node, boot_id)).fetchone()[0] or 0
+        new = _not_stored(db, events, prev)
+        rows = [_row(ev) for ev in new]
+        db.executemany(_INSERT, rows)
+        acked_seq = max(prev, events[-1].seq)
+        if rows:
+            newest = max(row[4] for row in rows)
+            self._update_node(db, node, boot_id, newest, acked_seq, len(rows))
+            health = _latest_health(new)
             if health is not None:
                 self._update_heartbeat(db, health)
-        return StoreResult(stored, len(events) - stored, int(acked_seq))
+            for gap in gaps_in(prev, new, self._own):
+                self._insert_own(db, gap)
+        return StoreResult(len(rows), len(events) - len(rows), acked_seq)
 
     def _update_node(
         self, db: sqlite3.Connection, node: str, boot_id: str, newest: int, acked: int, stored: int
@@ -232,10 +232,37 @@ class SqliteStorage:
             ),
         )
 
-    def mark_silent(self, event: events_pb2.Event, received_ns: int) -> bool:
+    def _insert_own(self, db: sqlite3.Connection, event: events_pb2.Event) -> events_pb2.Event:
+        # The next free seq of (node, this run's boot_id), taken inside the
+        # transaction: gap-free, and shared by every kind of own event.
+        prev = db.execute(_MAX_SEQ, (event.node, event.boot_id)).fetchone()[0] or 0
+        event.seq = prev + 1
+        db.execute(_INSERT, _row(event))
+        kind = event.WhichOneof("payload")
+        gap = event.agent_gap
+        db.execute(
+            _COUNT_OWN,
+            (
+                event.node,
+                1,
+                1 if kind == "agent_gap" else 0,
+                missing_count(gap) if kind == "agent_gap" else 0,
+                event.agent_rejected.batches if kind == "agent_rejected" else 0,
+            ),
+        )
+        return event
+
+    def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
+        """Store a collector-raised event with the next free seq; see :class:`Storage`."""
+        with self._transaction() as db:
+            return self._insert_own(db, event)
+
+    def mark_silent(
+        self, event: events_pb2.Event, received_ns: int
+    ) -> events_pb2.Event | None:
         """Store ``event`` (an agent.silent) and flag its node, atomically.
 
-        Skipped (returns False) if the node already is silent or a newer
+        Skipped (returns None) if the node already is silent or a newer
         heartbeat arrived since the caller looked (``received_ns`` changed).
         """
         with self._transaction() as db:
@@ -243,16 +270,7 @@ class SqliteStorage:
                 "UPDATE nodes SET silent = 1 WHERE node = ? AND silent = 0 AND received_ns = ?",
                 (event.node, received_ns),
             ).rowcount
-            if not flagged:
-                return False
-            before = db.total_changes
-            db.execute(_INSERT, _row(event))
-            stored = db.total_changes - before
-            db.execute(
-                "UPDATE nodes SET events_stored = events_stored + ? WHERE node = ?",
-                (stored, event.node),
-            )
-        return True
+            return self._insert_own(db, event) if flagged else None
 
     # -- reads ----------------------------------------------------------------
 
@@ -270,8 +288,8 @@ class SqliteStorage:
     def status(self) -> collector_pb2.StatusReply:
         """Every node's status plus the total number of stored events."""
         rows = self._read(
-            "SELECT node, boot_id, last_seq, events_stored, heartbeat_ns, health, silent"
-            " FROM nodes ORDER BY node"
+            "SELECT node, boot_id, last_seq, events_stored, heartbeat_ns, health, silent,"
+            " gaps, missing_events, rejected FROM nodes ORDER BY node"
         )
         reply = collector_pb2.StatusReply(db=self.describe())
         for row in rows:
@@ -292,6 +310,21 @@ class SqliteStorage:
         with self._write_lock, self._read_lock:
             self._r.close()
             self._w.close()
+
+
+def _not_stored(
+    db: sqlite3.Connection, events: Sequence[events_pb2.Event], prev: int
+) -> Sequence[events_pb2.Event]:
+    """The events of one batch not yet stored; ``prev`` is the highest seq stored."""
+    first = events[0]
+    if first.seq > prev:
+        return events  # nothing above prev is stored: the usual, replay-free case
+    stored = {
+        seq for (seq,) in db.execute(
+            _SEQS_BETWEEN, (first.node, first.boot_id, first.seq, min(prev, events[-1].seq))
+        )
+    }  # fmt: skip
+    return [ev for ev in events if ev.seq not in stored]
 
 
 @contextmanager
@@ -328,6 +361,9 @@ def _node_status(
     heartbeat_ns: int | None,
     health_blob: bytes | None,
     silent: int,
+    gaps: int,
+    missing_events: int,
+    rejected: int,
 ) -> collector_pb2.NodeStatus:
     status = collector_pb2.NodeStatus(
         node=node,
@@ -335,6 +371,9 @@ def _node_status(
         last_seq=last_seq,
         events_stored=events_stored,
         silent=bool(silent),
+        gaps=gaps,
+        missing_events=missing_events,
+        rejected=rejected,
     )
     if heartbeat_ns is not None:
         status.last_heartbeat.FromNanoseconds(heartbeat_ns)
@@ -343,6 +382,7 @@ def _node_status(
         status.kernel_lost = health.kernel_lost
         status.queue_dropped = health.queue_dropped
         status.decode_errors = health.decode_errors
+        status.spool_dropped = health.spool_dropped
         status.mode = health.mode
         status.sensors.extend(health.sensors)
     return status

@@ -87,5 +87,37 @@ def test_status_row_shows_age_and_silence():
     node.last_heartbeat.FromNanoseconds(T0_NS)
     node.sensors.add(name="gpu_open", state="off", detail="no bpf")
     row = render.status_row(node, now_ns=T0_NS + 75 * S_NS)
+    assert len(row) == len(render.STATUS_COLUMNS)
     assert row[2:4] == ["2023-11-14T22:13:20.000Z", "1m15s"]
-    assert row[9:] == ["SILENT", "procfs", "gpu_open:off(no bpf)"]
+    assert row[12:] == ["SILENT", "procfs", "gpu_open:off(no bpf)"]
+
+
+def test_status_row_shows_loss_gap_and_rejection_counters():
+    node = collector_pb2.NodeStatus(
+        node="n1", spool_dropped=4, gaps=2, missing_events=9, rejected=3
+    )
+    row = dict(zip(render.STATUS_COLUMNS, render.status_row(node, now_ns=T0_NS), strict=True))
+    assert (row["BOOT_ID"], row["SPOOL_DROPPED"], row["GAPS/MISSING"], row["REJECTED"]) == (
+        "-", "4", "2/9", "3",
+    )  # fmt: skip
+
+
+def test_details_of_the_collector_loss_events():
+    gap = events_pb2.Event(type="agent.gap", node="n1", boot_id="collector-x", seq=1)
+    gap.agent_gap.cause, gap.agent_gap.lost_boot_id = "seq_skip", "b1"
+    gap.agent_gap.first_seq, gap.agent_gap.last_seq, gap.agent_gap.count = 4, 6, 3
+    assert render.detail(gap) == "missing 3 (seq_skip) seq 4-6 of b1"
+    gap.agent_gap.cause, gap.agent_gap.reason, gap.agent_gap.report_seq = "reported", "kernel", 9
+    gap.agent_gap.first_seq = 0
+    assert render.detail(gap) == "missing 3 (reported kernel at seq 9)"
+    rej = events_pb2.Event(type="agent.rejected", node="n1")
+    r = rej.agent_rejected
+    r.claimed_node, r.reason, r.batches, r.peer = "n2", "node_mismatch", 2, "ipv4:1.2.3.4:5"
+    r.cert_names.extend(["n1", "10.0.0.1"])
+    assert render.detail(rej) == (
+        "refused 2 batch(es) claiming 'n2': node_mismatch cert=n1,10.0.0.1 peer=ipv4:1.2.3.4:5"
+    )
+    loss = events_pb2.Event(type="agent.loss")
+    loss.agent_loss.reason, loss.agent_loss.count, loss.agent_loss.total = "spool_full", 5, 8
+    loss.agent_loss.lost_boot_id, loss.agent_loss.first_seq, loss.agent_loss.last_seq = "b", 1, 5
+    assert render.detail(loss) == "lost 5 (spool_full, total 8) seq 1-5 of b"

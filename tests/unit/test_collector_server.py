@@ -42,6 +42,7 @@ def collector(tmp_path, clock):
         max_batch_events=MAX_EVENTS,
         watchdog_period_s=0,  # the tests call watchdog.check() themselves
         grace_s=1,
+        insecure=True,
     )
     with BackgroundCollector(config, clock=clock) as running:
         yield running
@@ -133,6 +134,16 @@ BAD_BATCHES = {
                                           time={"seconds": 1}, agent_silent={})),
         "raised by the collector",
     ),
+    "agent sends agent.gap": (
+        lambda: batch(1, events_pb2.Event(type="agent.gap", node="n", boot_id="b", seq=1,
+                                          time={"seconds": 1}, agent_gap={})),
+        "type 'agent.gap' is raised by the collector",
+    ),
+    "agent sends agent.rejected": (
+        lambda: batch(1, events_pb2.Event(type="agent.rejected", node="n", boot_id="b", seq=1,
+                                          time={"seconds": 1}, agent_rejected={})),
+        "type 'agent.rejected' is raised by the collector",
+    ),
 }
 
 
@@ -171,6 +182,22 @@ def test_a_storage_failure_is_unavailable_not_a_crash(stub, collector):
     assert health_stub.Check(health_pb2.HealthCheckRequest()).status == (
         health_pb2.HealthCheckResponse.SERVING
     )
+
+
+def test_a_message_over_the_size_limit_gets_grpcs_resource_exhausted(tmp_path):
+    config = CollectorConfig(
+        listen="127.0.0.1:0", db=str(tmp_path / "m.db"), insecure=True,
+        max_message_bytes=4096, watchdog_period_s=0, grace_s=1,
+    )  # fmt: skip
+    big = batch(1, *[gpu_open(s, path="/dev/nvidia" + "x" * 100) for s in range(1, 60)])
+    assert big.ByteSize() > 4096
+    with BackgroundCollector(config) as running, grpc.insecure_channel(running.address) as ch:
+        stub = collector_pb2_grpc.CollectorStub(ch)
+        with pytest.raises(grpc.RpcError) as caught:
+            ingest(stub, big)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"larger than max ({big.ByteSize()} vs. 4096)" in caught.value.details()
+        assert ingest(stub, batch(2, gpu_open(1))) == [ack(2, 1, 1)]
 
 
 def test_query_events_filters(stub):
@@ -235,7 +262,7 @@ def test_watchdog_marks_silent_once_and_heartbeat_clears(stub, collector, clock)
 
 def test_async_client_against_running_collector(tmp_path):
     async def scenario():
-        config = CollectorConfig(listen="127.0.0.1:0", db=str(tmp_path / "a.db"))
+        config = CollectorConfig(listen="127.0.0.1:0", db=str(tmp_path / "a.db"), insecure=True)
         async with (
             running_collector(config) as running,
             grpc.aio.insecure_channel(running.address) as channel,
@@ -260,14 +287,18 @@ def test_a_taken_port_is_a_clear_startup_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = CollectorConfig(listen=f"127.0.0.1:{port}", db=str(tmp_path / "e.db"))
+        config = CollectorConfig(
+            listen=f"127.0.0.1:{port}", db=str(tmp_path / "e.db"), insecure=True
+        )
         with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{port}"):
             BackgroundCollector(config).start()
 
 
 def test_an_unusable_db_path_is_a_clear_startup_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
-    config = CollectorConfig(listen="127.0.0.1:0", db=str(tmp_path / "file" / "events.db"))
+    config = CollectorConfig(
+        listen="127.0.0.1:0", db=str(tmp_path / "file" / "events.db"), insecure=True
+    )
     with pytest.raises(StartupError, match="cannot open database"):
         BackgroundCollector(config).start()
 

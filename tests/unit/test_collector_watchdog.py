@@ -19,7 +19,7 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    s = SqliteStorage(tmp_path / "events.db", clock=clock)
+    s = SqliteStorage(tmp_path / "events.db", clock=clock, run_id="abc")
     yield s
     s.close()
 
@@ -29,7 +29,7 @@ def silent_events(store):
 
 
 def test_raises_exactly_one_silent_event_then_clears(store, clock):
-    dog = Watchdog(store, clock=clock, run_id="abc")
+    dog = Watchdog(store, clock=clock)
     store.store_batch([health(1, interval_s=2)])
     clock.advance(6)  # exactly 3 x interval: not yet
     assert dog.check() == []
@@ -53,17 +53,25 @@ def test_raises_exactly_one_silent_event_then_clears(store, clock):
     assert dog.check() == []
 
 
-def test_seq_counts_across_nodes_and_silences(store, clock):
+def test_seq_counts_per_node_across_silences(store, clock):
     dog = Watchdog(store, clock=clock)
     store.store_batch([health(1, node="a", interval_s=1)])
     store.store_batch([health(1, node="b", interval_s=1)])
     clock.advance(4)
     first = dog.check()
-    assert [(e.node, e.seq) for e in first] == [("a", 1), ("b", 2)]
+    assert [(e.node, e.seq) for e in first] == [("a", 1), ("b", 1)]
     store.store_batch([health(2, node="a", t_s=4, interval_s=1)])
     clock.advance(4)
-    assert [(e.node, e.seq) for e in dog.check()] == [("a", 3)]
-    assert dog.boot_id.startswith("collector-") and len(dog.boot_id) > len("collector-")
+    assert [(e.node, e.seq) for e in dog.check()] == [("a", 2)]
+    assert dog.boot_id == store.own.boot_id == "collector-abc"
+
+
+def test_random_run_id_when_none_given(tmp_path):
+    s = SqliteStorage(tmp_path / "r.db")
+    try:
+        assert s.own.boot_id.startswith("collector-") and len(s.own.boot_id) > len("collector-")
+    finally:
+        s.close()
 
 
 def test_default_interval_when_agent_announces_none(store, clock):

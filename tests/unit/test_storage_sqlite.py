@@ -7,8 +7,9 @@ import sqlite3
 import pytest
 
 from collector.storage.base import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, Storage, StoreResult
+from collector.storage.schema import SCHEMA_VERSION
 from collector.storage.sqlite import SqliteStorage
-from gpuaudit.v1 import collector_pb2, events_pb2
+from gpuaudit.v1 import collector_pb2
 from tests.unit.test_collector_support import (
     S_NS,
     T0_NS,
@@ -52,7 +53,7 @@ def test_wal_mode_is_on_and_persistent(store):
     # A fresh connection sees WAL too: the mode is recorded in the file.
     with sqlite3.connect(store.path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_same_batch_twice_is_idempotent(store):
@@ -82,7 +83,8 @@ def test_replayed_older_run_does_not_become_latest(store):
     store.store_batch([gpu_open(1, boot_id="new", t_s=100)])
     assert store.store_batch([gpu_open(9, boot_id="old", t_s=5)]).acked_seq == 9
     node = store.status().nodes[0]
-    assert (node.boot_id, node.last_seq, node.events_stored) == ("new", 1, 2)
+    # events_stored counts the agent.gap (seqs 1-8 of "old") raised too.
+    assert (node.boot_id, node.last_seq, node.events_stored, node.gaps) == ("new", 1, 3, 1)
 
 
 def test_query_filters(store):
@@ -180,9 +182,8 @@ def test_heartbeats_carry_arrival_time_from_the_clock(store, clock):
     assert (beat.received_ns, beat.interval_s, beat.silent) == (clock(), 2, False)
 
 
-def _silent_event(node="n1", seq=1):
-    ev = events_pb2.Event(type="agent.silent", node=node, boot_id="collector-t", seq=seq)
-    ev.time.FromNanoseconds(T0_NS + 60 * S_NS)
+def _silent_event(store, node="n1"):
+    ev = store.own.new("agent.silent", node)
     ev.agent_silent.silent_for_s = 60
     return ev
 
@@ -190,8 +191,9 @@ def _silent_event(node="n1", seq=1):
 def test_mark_silent_stores_once_and_heartbeat_clears(store, clock):
     store.store_batch([health(1)])
     received = store.heartbeats()[0].received_ns
-    assert store.mark_silent(_silent_event(), received) is True
-    assert store.mark_silent(_silent_event(seq=2), received) is False  # already silent
+    stored = store.mark_silent(_silent_event(store), received)
+    assert stored is not None and (stored.boot_id, stored.seq) == (store.own.boot_id, 1)
+    assert store.mark_silent(_silent_event(store), received) is None  # already silent
     node = store.status().nodes[0]
     assert node.silent and node.events_stored == 2
     assert node.boot_id == "b1"  # the collector's own stream does not become "latest"
@@ -208,7 +210,7 @@ def test_mark_silent_loses_to_a_fresh_heartbeat(store, clock):
     seen = store.heartbeats()[0].received_ns
     clock.advance(1)
     store.store_batch([health(2, t_s=1)])  # arrives after the watchdog looked
-    assert store.mark_silent(_silent_event(), seen) is False
+    assert store.mark_silent(_silent_event(store), seen) is None
     assert store.query(q(types=["agent.silent"])) == []
     assert store.status().nodes[0].silent is False
 

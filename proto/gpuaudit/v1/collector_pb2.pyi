@@ -55,7 +55,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "boot_id", "last_heartbeat", "last_seq", "events_stored", "kernel_lost", "queue_dropped", "decode_errors", "silent", "mode", "sensors")
+    __slots__ = ("node", "boot_id", "last_heartbeat", "last_seq", "events_stored", "kernel_lost", "queue_dropped", "decode_errors", "silent", "mode", "sensors", "spool_dropped", "gaps", "missing_events", "rejected")
     NODE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,10 @@ class NodeStatus(_message.Message):
     SILENT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     node: str
     boot_id: str
     last_heartbeat: _timestamp_pb2.Timestamp
@@ -78,7 +82,11 @@ class NodeStatus(_message.Message):
     silent: bool
     mode: str
     sensors: _containers.RepeatedCompositeFieldContainer[_events_pb2.SensorStatus]
-    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., events_stored: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., silent: _Optional[bool] = ..., mode: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[_events_pb2.SensorStatus, _Mapping]]] = ...) -> None: ...
+    spool_dropped: int
+    gaps: int
+    missing_events: int
+    rejected: int
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., events_stored: _Optional[int] = ..., kernel_lost: _Optional[int] = ..., queue_dropped: _Optional[int] = ..., decode_errors: _Optional[int] = ..., silent: _Optional[bool] = ..., mode: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[_events_pb2.SensorStatus, _Mapping]]] = ..., spool_dropped: _Optional[int] = ..., gaps: _Optional[int] = ..., missing_events: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("nodes", "events_stored", "db")

@@ -1,0 +1,79 @@
+"""The SQLite schema of the event store and its upgrades.
+
+``PRAGMA user_version`` records the schema version. A newer collector upgrades
+an older file in place (each step one small DDL script, applied in one
+transaction); an older collector refuses a newer file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 2
+
+# Every query filter has an index that also orders by time, so a filtered
+# query walks the index in time order instead of sorting the table. Each index
+# costs about 1 us per stored event (measured: 8.7 us/event with all five, 4.2
+# without); they stay because `gpuaudit events --type/--node/--pid/--uid` on a
+# store of millions of events must not scan the table.
+_V1 = """
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    node    TEXT    NOT NULL,
+    boot_id TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    type    TEXT    NOT NULL,
+    time_ns INTEGER NOT NULL,
+    pid     INTEGER,            -- NULL for node-level events (no process)
+    uid     INTEGER,
+    body    BLOB    NOT NULL,   -- the serialized gpuaudit.v1.Event
+    UNIQUE (node, boot_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_time      ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_type_time ON events (type, time_ns);
+CREATE INDEX IF NOT EXISTS events_node_time ON events (node, time_ns);
+CREATE INDEX IF NOT EXISTS events_pid_time  ON events (pid, time_ns);
+CREATE INDEX IF NOT EXISTS events_uid_time  ON events (uid, time_ns);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node          TEXT    PRIMARY KEY,
+    boot_id       TEXT    NOT NULL,    -- latest agent run (by event time); '' before any
+    latest_ns     INTEGER NOT NULL,    -- newest event time seen from boot_id
+    last_seq      INTEGER NOT NULL,    -- highest seq stored for boot_id
+    events_stored INTEGER NOT NULL,    -- all events stored for the node (own events too)
+    heartbeat_ns  INTEGER,             -- event time of the latest agent.health
+    received_ns   INTEGER,             -- collector clock when it was stored
+    interval_s    INTEGER NOT NULL DEFAULT 0,
+    health        BLOB,                -- serialized AgentHealth of that heartbeat
+    silent        INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# Version 2 (issue #6): counters of the agent.gap / agent.rejected events the
+# collector stored about each node, kept in the same transaction as the events.
+_V2 = """
+ALTER TABLE nodes ADD COLUMN gaps           INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN missing_events INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN rejected       INTEGER NOT NULL DEFAULT 0;
+"""
+
+_UPGRADES = {1: _V1, 2: _V2}
+"""Script that takes a file from version N-1 to N (0: empty file)."""
+
+
+def init_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Create or upgrade the schema on ``db`` (autocommit connection) to SCHEMA_VERSION.
+
+    Raises RuntimeError naming the file when it is newer than this collector.
+    """
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"{path} has schema version {version}, this collector knows "
+            f"{SCHEMA_VERSION}; use a newer collector or another --db"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits first; BEGIN..COMMIT inside it makes the step
+        # and its version bump one transaction.
+        db.executescript(f"BEGIN; {_UPGRADES[target]} PRAGMA user_version = {target}; COMMIT;")
