@@ -1,40 +1,50 @@
-"""The ``gpuaudit`` command: collector, agent, events, status.
+"""The ``gpuaudit`` command: collector, agent, events, status, certs.
 
 Exit codes: 0 success, 1 runtime failure (collector unreachable, cannot
-start), 2 usage error (bad flag or value).
+start), 2 usage error (bad flag or value, including TLS files that do not fit).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+# `gpuaudit events|status` explain a failed TLS handshake in one line of their own
+# (cli_tls.rpc_failure), but gRPC's C core also logs it, at INFO ("Handshake failed
+# with error ...", grpc/grpc#38058), and with GRPC_VERBOSITY unset grpcio 1.85 lets
+# INFO through to stderr. GRPC_VERBOSITY is grpc's documented knob for Python
+# (grpc TROUBLESHOOTING.md; there is no Python API) and the C core reads it once,
+# when grpc is first imported: by the imports just below, so main(argv) is too
+# late and sys.argv is read here. A user's own GRPC_VERBOSITY wins; the collector
+# and agent keep grpc's default logging.
+if sys.argv[1:2] in (["events"], ["status"]):
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
 import logging
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from collector import render
-from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
-from collector.server import (
-    DEFAULT_DB,
-    DEFAULT_LISTEN,
-    CollectorConfig,
-    StartupError,
-    serve,
-    split_listen,
+from collector.cli_args import (
+    UsageError,
+    listen_arg,
+    not_negative,
+    positive,
+    since_arg,
+    split_values,
 )
+from collector.cli_certs import add_certs
+from collector.cli_tls import RPC_TIMEOUT_S, add_tls_flags, collector_stub, resolve_tls, rpc_failure
+from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
+from collector.server import DEFAULT_DB, DEFAULT_LISTEN, CollectorConfig, StartupError, serve
 from collector.storage.base import MAX_QUERY_LIMIT
-from collector.timespec import SINCE_HELP, parse_since
+from collector.timespec import SINCE_HELP
 from gpuaudit.jsonform import to_json
-from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
-
-RPC_TIMEOUT_S = 10.0
-"""Deadline for every client RPC; a collector slower than this is reported."""
+from gpuaudit.v1 import collector_pb2, events_pb2
 
 COLLECTOR_ENV = "GPUAUDIT_COLLECTOR"
 EVENT_TYPES = sorted(
@@ -51,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.run
     try:
         return command(args)
+    except UsageError as err:
+        print(f"gpuaudit {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except grpc.RpcError as err:
-        print(f"gpuaudit {args.command}: {_rpc_failure(args.collector, err)}", file=sys.stderr)
+        print(f"gpuaudit {args.command}: {rpc_failure(args.collector, err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -70,48 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent(sub)
     _add_events(sub)
     _add_status(sub)
+    add_certs(sub)
     return parser
-
-
-# -- argument types: each raises ArgumentTypeError, which argparse turns into exit 2
-
-
-def _listen_arg(text: str) -> str:
-    try:
-        split_listen(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
-def _since_arg(text: str) -> Timestamp:
-    try:
-        moment = parse_since(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    ts = Timestamp()
-    ts.FromDatetime(moment)
-    return ts
-
-
-def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return parse
 
 
 def _add_collector_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--collector",
         metavar="HOST:PORT",
-        type=_listen_arg,
+        type=listen_arg,
         default=os.environ.get(COLLECTOR_ENV, DEFAULT_LISTEN),
         help=f"collector address (default: ${COLLECTOR_ENV} or {DEFAULT_LISTEN})",
     )
@@ -128,20 +108,35 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
 
 def _add_collector(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collector", help="run the central collector (gRPC + SQLite)")
-    p.add_argument("--listen", metavar="HOST:PORT", type=_listen_arg, default=DEFAULT_LISTEN,
+    p.add_argument("--listen", metavar="HOST:PORT", type=listen_arg, default=DEFAULT_LISTEN,
                    help=f"address to serve on; port 0 picks one (default: {DEFAULT_LISTEN})")
     p.add_argument("--db", metavar="PATH", default=DEFAULT_DB,
                    help=f"SQLite database, parent dirs created (default: {DEFAULT_DB})")
-    p.add_argument("--max-batch-events", type=_positive(int), default=DEFAULT_MAX_BATCH_EVENTS,
+    p.add_argument("--max-batch-events", type=positive(int), default=DEFAULT_MAX_BATCH_EVENTS,
                    help=f"largest batch accepted (default: {DEFAULT_MAX_BATCH_EVENTS})")
+    defaults = CollectorConfig()
+    p.add_argument("--node-rate-limit", metavar="EVENTS_PER_S", type=not_negative(float),
+                   default=defaults.node_rate_limit,
+                   help="events/s one node may send before RESOURCE_EXHAUSTED; 0 = no limit "
+                   f"(default: {defaults.node_rate_limit:g})")
+    p.add_argument("--node-rate-burst", metavar="EVENTS", type=not_negative(int),
+                   default=defaults.node_rate_burst,
+                   help="events a node may send at once above the rate; 0 = 2 s worth "
+                   f"(default: {defaults.node_rate_burst})")
     _add_log_level(p)
+    add_tls_flags(p, "DIR/collector")
     p.set_defaults(run=run_collector, collector=None)
 
 
 def run_collector(args: argparse.Namespace) -> int:
     """``gpuaudit collector``: serve until SIGINT/SIGTERM."""
     _setup_logging(args.log_level)
-    config = CollectorConfig(listen=args.listen, db=args.db, max_batch_events=args.max_batch_events)
+    tls = resolve_tls(args, args.listen)
+    config = CollectorConfig(
+        listen=args.listen, db=args.db, max_batch_events=args.max_batch_events,
+        tls=tls, insecure=tls is None,
+        node_rate_limit=args.node_rate_limit, node_rate_burst=args.node_rate_burst,
+    )
     try:
         asyncio.run(serve(config))
     except StartupError as err:
@@ -160,15 +155,35 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                    help="node name to report (default: the host name)")
     p.add_argument("--mode", choices=("auto", "ebpf", "procfs"), default="auto",
                    help="sensor backend; auto tries eBPF, then falls back to procfs")
-    p.add_argument("--heartbeat", metavar="SECONDS", type=_positive(float), default=5.0,
+    p.add_argument("--heartbeat", metavar="SECONDS", type=positive(float), default=5.0,
                    help="agent.health interval (default: 5)")
+    _add_spool_flags(p)
     _add_log_level(p)
+    add_tls_flags(p, "DIR/nodes/NODE: its CN/SAN must be --node")
     p.set_defaults(run=run_agent_command)
+
+
+def _add_spool_flags(p: argparse.ArgumentParser) -> None:
+    # Defaults live in agent.main.AgentConfig; None here means "use them".
+    p.add_argument("--spool-dir", metavar="DIR", default=None,
+                   help="disk spool (default: /var/lib/gpuaudit/spool as root, else "
+                   "~/.local/state/gpuaudit/spool)")
+    p.add_argument("--spool-max-bytes", metavar="BYTES", type=positive(int), default=None,
+                   help="spool size limit (default: 268435456 = 256 MiB)")
+    p.add_argument("--spool-policy", choices=("drop_oldest", "drop_newest"), default=None,
+                   help="what goes when the spool is full; counted and reported either way "
+                   "(default: drop_oldest)")
+    p.add_argument("--fsync-interval", dest="fsync_interval_s", metavar="SECONDS",
+                   type=float, default=None,
+                   help="fdatasync the spool at most this often; 0 = every write (default: 1)")
 
 
 def run_agent_command(args: argparse.Namespace) -> int:
     """``gpuaudit agent``: hand over to the agent package."""
     _setup_logging(args.log_level)
+    # The agent reads these two: TLS files (None = plaintext) and the explicit opt-out.
+    args.tls_files = resolve_tls(args, args.collector)
+    args.insecure = args.tls_files is None
     # Imported here: the collector host need not have the agent's dependencies.
     from agent.main import run_agent
 
@@ -187,21 +202,22 @@ def _add_events(sub: argparse._SubParsersAction) -> None:
                    help="only this node; repeat or comma-separate")
     p.add_argument("--pid", type=int, help="only events of this process id")
     p.add_argument("--uid", type=int, help="only events of this user id")
-    p.add_argument("--since", type=_since_arg, metavar="WHEN", help=f"only since: {SINCE_HELP}")
-    p.add_argument("--limit", type=_positive(int), default=None,
+    p.add_argument("--since", type=since_arg, metavar="WHEN", help=f"only since: {SINCE_HELP}")
+    p.add_argument("--limit", type=positive(int), default=None,
                    help="at most N events, the latest N unless --oldest "
                    f"(default: the collector's, 100; max {MAX_QUERY_LIMIT})")
     p.add_argument("--oldest", action="store_true",
                    help="the first N matches instead of the latest N")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_tls_flags(p, "DIR/readers/NAME")
     p.set_defaults(run=run_events)
 
 
 def build_query(args: argparse.Namespace) -> collector_pb2.EventQuery:
     """The EventQuery for ``gpuaudit events`` flags; ValueError on an unknown type."""
     query = collector_pb2.EventQuery(
-        types=_split(args.types),
-        nodes=_split(args.nodes),
+        types=split_values(args.types),
+        nodes=split_values(args.nodes),
         limit=args.limit or 0,
         newest=not args.oldest,
     )
@@ -222,9 +238,8 @@ def run_events(args: argparse.Namespace) -> int:
     try:
         query = build_query(args)
     except ValueError as err:
-        print(f"gpuaudit events: error: {err}", file=sys.stderr)
-        return 2
-    with _stub(args.collector) as stub:
+        raise UsageError(str(err)) from None
+    with collector_stub(args) as stub:
         events = list(stub.QueryEvents(query, timeout=RPC_TIMEOUT_S))
     if args.json:
         for event in events:
@@ -241,41 +256,19 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="nodes, heartbeats, counts and reported losses")
     _add_collector_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object (the StatusReply)")
+    add_tls_flags(p, "DIR/readers/NAME")
     p.set_defaults(run=run_status)
 
 
 def run_status(args: argparse.Namespace) -> int:
     """``gpuaudit status``: print per-node status."""
-    with _stub(args.collector) as stub:
+    with collector_stub(args) as stub:
         reply = stub.GetStatus(collector_pb2.StatusRequest(), timeout=RPC_TIMEOUT_S)
     print(to_json(reply) if args.json else render.status_table(reply, time.time_ns()))
     return 0
 
 
 # -- helpers
-
-
-def _split(values: Sequence[str]) -> list[str]:
-    """Flatten repeated and comma-separated flag values."""
-    return [v.strip() for value in values for v in value.split(",") if v.strip()]
-
-
-@contextmanager
-def _stub(address: str) -> Iterator[collector_pb2_grpc.CollectorStub]:
-    with grpc.insecure_channel(address) as channel:
-        yield collector_pb2_grpc.CollectorStub(channel)
-
-
-def _rpc_failure(address: str, err: grpc.RpcError) -> str:
-    """One sentence for a failed RPC, naming the collector's address."""
-    code = err.code() if isinstance(err, grpc.Call) else None
-    details = err.details() if isinstance(err, grpc.Call) else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (f"cannot reach the collector at {address} ({details}); "
-                "is `gpuaudit collector` running there?")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the collector at {address} did not answer within {RPC_TIMEOUT_S:g}s"
-    return f"the collector at {address} answered {code.name if code else 'an error'}: {details}"
 
 
 def _setup_logging(level: str) -> None:

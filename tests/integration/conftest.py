@@ -9,14 +9,20 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, wait_node_ready
+from tests.integration.harness import Agent, Collector, TestPki, session_pki, wait_node_ready
 
 NVIDIA_MAJOR = 195
 
 
+@pytest.fixture(scope="session")
+def pki() -> TestPki:
+    """The session's test PKI: collector and reader certificates, ``pki.node(name)``."""
+    return session_pki()
+
+
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
-    col = Collector(tmp_path_factory.mktemp("collector") / "events.db")
+def collector(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[Collector]:
+    col = Collector(tmp_path_factory.mktemp("collector") / "events.db", pki=pki)
     yield col
     col.stop()
 

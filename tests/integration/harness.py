@@ -1,50 +1,131 @@
-"""Start real collector and agent processes on loopback and talk to them over gRPC."""
+"""Start real collector and agent processes on loopback and talk to them over gRPC.
+
+Both speak mutual TLS by default, with certificates from one PKI minted once
+per test session (:func:`session_pki`); pass ``insecure=True`` to both for
+plaintext.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from collector import certs
+from gpuaudit.tls import TlsFiles
 from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 
 GPUAUDIT = str(Path(sys.executable).parent / "gpuaudit")
+READER = "it-reader"
+
+
+class TestPki:
+    """A CA with the collector's and a reader's certificate; node certificates on demand."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = certs.new_ca("gpuaudit test CA")
+        certs.write_ca(self.ca, root / "ca")
+        self.collector = certs.issue_collector(self.ca, root / "collector")
+        self.reader = certs.issue_reader(self.ca, READER, certs.reader_dir(root, READER))
+        self._nodes: dict[str, TlsFiles] = {}
+        self._lock = threading.Lock()
+
+    def node(self, name: str) -> TlsFiles:
+        """The certificate of node ``name`` (OU=gpuaudit-node, CN/SAN=name), minted once."""
+        with self._lock:
+            if name not in self._nodes:
+                self._nodes[name] = certs.issue_node(self.ca, name, certs.node_dir(self.root, name))
+            return self._nodes[name]
+
+    def client(self, name: str, role: str = "reader",
+               validity: certs.Validity | None = None) -> TlsFiles:
+        """A fresh ``role`` certificate (e.g. an expired one) from this CA, under ``root/extra``."""
+        out = self.root / "extra" / f"{role}-{name}-{time.monotonic_ns()}"
+        issue = certs.issue_node if role == "node" else certs.issue_reader
+        return issue(self.ca, name, out, validity)
+
+
+_session_pki: TestPki | None = None
+_session_lock = threading.Lock()
+
+
+def session_pki() -> TestPki:
+    """The test session's PKI, minted on first use, removed at interpreter exit."""
+    global _session_pki
+    with _session_lock:
+        if _session_pki is None:
+            root = Path(tempfile.mkdtemp(prefix="gpuaudit-pki-"))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+            _session_pki = TestPki(root)
+        return _session_pki
+
+
+def tls_args(files: TlsFiles | None) -> list[str]:
+    """Command-line flags for ``files``, or ``--insecure`` for None."""
+    if files is None:
+        return ["--insecure"]
+    return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+
+
+def channel(address: str, files: TlsFiles | None) -> grpc.Channel:
+    """A client channel to ``address``: mutual TLS with ``files``, or plaintext for None."""
+    if files is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, files.channel_credentials())
 
 
 class Collector:
-    """`gpuaudit collector` on 127.0.0.1:0, with a client stub."""
+    """`gpuaudit collector` on 127.0.0.1:0, with a client stub (reader certificate)."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, *extra: str, insecure: bool = False,
+                 pki: TestPki | None = None) -> None:
         self.db = db
+        self.insecure = insecure
+        self.pki = None if insecure else (pki or session_pki())
+        server_tls = None if self.pki is None else self.pki.collector
+        # Output goes to a file, not a pipe: nobody reads a pipe after the
+        # "listening" line, and a collector logging more than the pipe holds
+        # (64 KiB) would block on its next log line.
+        self.log = db.with_name(f"{db.stem}-collector-{time.monotonic_ns()}.log")
+        self._out = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [GPUAUDIT, "collector", "--listen", "127.0.0.1:0", "--db", str(db)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [GPUAUDIT, "collector", "--listen", "127.0.0.1:0", "--db", str(db),
+             *tls_args(server_tls), *extra],
+            stdout=self._out, stderr=subprocess.STDOUT, text=True,
         )
         self.address = self._wait_listening()
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = channel(self.address, None if self.pki is None else self.pki.reader)
         self.stub = collector_pb2_grpc.CollectorStub(self.channel)
 
     def _wait_listening(self, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        seen = []
         while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"listening on (\S+:\d+)", line)
+            m = re.search(r"listening on (\S+:\d+)", self.output())
             if m:
                 return m.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
         self.proc.kill()
-        raise RuntimeError("collector did not start:\n" + "".join(seen))
+        raise RuntimeError("collector did not start:\n" + self.output())
+
+    def output(self) -> str:
+        """Everything the collector printed so far."""
+        return self.log.read_text()
 
     def query(self, **kw: object) -> list[events_pb2.Event]:
         kw.setdefault("limit", 10000)
@@ -61,19 +142,38 @@ class Collector:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        self._out.close()
 
 
 class Agent:
-    """`gpuaudit agent` pointed at a collector; output captured to a file."""
+    """`gpuaudit agent` pointed at a collector; output captured to a file.
+
+    Uses the session PKI's certificate for ``node`` unless ``insecure`` (or
+    ``tls`` names other files, e.g. another node's certificate).
+    """
 
     def __init__(self, collector: str, node: str, log: Path, *extra: str,
-                 user: int | None = None) -> None:
+                 user: int | None = None, insecure: bool = False,
+                 tls: TlsFiles | None = None) -> None:
         self.log = log
         self.node = node
+        # An agent run as another user gets a directory of its own (under /tmp,
+        # which it can traverse): a copy of its TLS files (the key is 0600 and
+        # the PKI root-only) and its spool.
+        self._own_dir = None if user is None else _user_dir(user)
+        files = None if insecure else (tls or session_pki().node(node))
+        if files is not None and self._own_dir is not None and user is not None:
+            files = _copy_tls(files, self._own_dir / "tls", user)
+        if "--spool-dir" not in extra:
+            # Per node, beside the log: an agent restarted on the same log
+            # directory finds its spool again (not so for another user's: removed at stop).
+            base = self._own_dir or log.parent
+            extra = ("--spool-dir", str(base / f"spool-{node}"), *extra)
         self._out = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [GPUAUDIT, "agent", "--collector", collector, "--node", node,
-             "--heartbeat", "1", *extra],
+             "--heartbeat", "1", *tls_args(files), *extra],
             stdout=self._out, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **_as_user(user),
         )
@@ -89,7 +189,27 @@ class Agent:
             self.proc.kill()
             rc = self.proc.wait()
         self._out.close()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
         return rc
+
+
+def _user_dir(uid: int) -> Path:
+    """A fresh directory under /tmp owned by ``uid``."""
+    d = Path(tempfile.mkdtemp(prefix="gpuaudit-agent-"))
+    os.chown(d, uid, -1)
+    return d
+
+
+def _copy_tls(files: TlsFiles, dest: Path, uid: int) -> TlsFiles:
+    """Copies of ``files`` in ``dest``, owned by ``uid``."""
+    dest.mkdir(mode=0o700)
+    copy = TlsFiles.from_dir(dest)
+    for src, dst in ((files.ca, copy.ca), (files.cert, copy.cert), (files.key, copy.key)):
+        shutil.copy2(src, dst)
+    for path in (dest, copy.ca, copy.cert, copy.key):
+        os.chown(path, uid, -1)
+    return copy
 
 
 def _as_user(uid: int | None) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector import cli, render
+from collector import certs, cli, cli_tls, render
 from collector.server import BackgroundCollector, CollectorConfig
 from gpuaudit.jsonform import from_json
 from gpuaudit.v1 import collector_pb2_grpc
@@ -38,9 +39,15 @@ EVENTS = [
 
 
 @pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return certs.init_pki(tmp_path_factory.mktemp("pki"), nodes=["n1"], readers=["ops"])
+
+
+@pytest.fixture(scope="module")
 def address(tmp_path_factory):
     db = tmp_path_factory.mktemp("cli") / "events.db"
-    config = CollectorConfig(listen="127.0.0.1:0", db=str(db), watchdog_period_s=0)
+    config = CollectorConfig(listen="127.0.0.1:0", db=str(db), watchdog_period_s=0,
+                             insecure=True)
     with BackgroundCollector(config) as running:
         with grpc.insecure_channel(running.address) as channel:
             stub = collector_pb2_grpc.CollectorStub(channel)
@@ -50,6 +57,9 @@ def address(tmp_path_factory):
 
 
 def run(capsys, *argv):
+    """Run a command against the plaintext fixture collector (TLS has its own tests below)."""
+    if argv[0] in ("events", "status") and "--collector" in argv and "--tls-dir" not in argv:
+        argv = (*argv, "--insecure")
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -126,7 +136,7 @@ def test_events_usage_errors_exit_2(capsys, argv, message):
 def test_unknown_type_exits_2(capsys, address):
     code, _, err = run(capsys, "events", "--collector", address, "--type", "gpu.opne")
     assert code == 2
-    assert "unknown event type 'gpu.opne' (known: agent.health" in err
+    assert "unknown event type 'gpu.opne' (known: agent." in err
 
 
 def test_status_json(capsys, address):
@@ -187,10 +197,11 @@ def test_agent_subcommand_flags():
     assert (defaults.node, defaults.mode, defaults.heartbeat) == (None, "auto", 5.0)
 
 
-def test_collector_process_prints_its_port_and_stops_on_sigterm(tmp_path):
+def test_collector_process_prints_its_port_and_stops_on_sigterm(tmp_path, pki):
     db = tmp_path / "new" / "events.db"
     proc = subprocess.Popen(
-        [str(GPUAUDIT), "collector", "--listen", "127.0.0.1:0", "--db", str(db)],
+        [str(GPUAUDIT), "collector", "--listen", "127.0.0.1:0", "--db", str(db),
+         "--tls-dir", str(pki.collector.cert.parent)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -199,7 +210,8 @@ def test_collector_process_prints_its_port_and_stops_on_sigterm(tmp_path):
         match = re.fullmatch(r"gpuaudit collector listening on 127\.0\.0\.1:(\d+)\n", line)
         assert match, line
         status = subprocess.run(
-            [str(GPUAUDIT), "status", "--collector", f"127.0.0.1:{match[1]}", "--json"],
+            [str(GPUAUDIT), "status", "--collector", f"127.0.0.1:{match[1]}", "--json",
+             "--tls-dir", str(pki.readers["ops"].cert.parent)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert status.returncode == 0, status.stderr
@@ -218,7 +230,139 @@ def test_collector_startup_failure_exits_1_with_advice(capsys, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         code, _, err = run(capsys, "collector", "--listen", f"127.0.0.1:{port}",
-                           "--db", str(tmp_path / "e.db"))
+                           "--db", str(tmp_path / "e.db"), "--insecure")
     assert code == 1
     assert f"gpuaudit collector: cannot listen on 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+# -- TLS flags
+
+
+@pytest.fixture(scope="module")
+def tls_address(tmp_path_factory, pki):
+    """A collector that requires client certificates from ``pki``'s CA."""
+    db = tmp_path_factory.mktemp("cli-tls") / "events.db"
+    config = CollectorConfig(listen="127.0.0.1:0", db=str(db), watchdog_period_s=0,
+                             tls=pki.collector, insecure=False)
+    with BackgroundCollector(config) as running:
+        with grpc.secure_channel(running.address,
+                                 pki.nodes["n1"].channel_credentials()) as channel:
+            stub = collector_pb2_grpc.CollectorStub(channel)
+            list(stub.Ingest(iter([batch(1, gpu_open(1, t_s=1))]), timeout=10))
+        yield running.address
+
+
+@pytest.mark.parametrize("command", ["events", "status", "agent", "collector"])
+def test_no_tls_and_no_insecure_exits_2_with_advice(capsys, monkeypatch, command):
+    monkeypatch.delenv(cli_tls.TLS_DIR_ENV, raising=False)
+    code, out, err = run(capsys, command)
+    assert (code, out) == (2, "")
+    assert f"gpuaudit {command}: error: no TLS certificate: pass --tls-dir DIR" in err
+    assert "`gpuaudit certs init --out DIR`), or --insecure for plaintext" in err
+
+
+def test_insecure_and_tls_flags_exclude_each_other(capsys, pki):
+    code, _, err = run(capsys, "status", "--insecure", "--tls-dir", str(pki.root / "readers/ops"))
+    assert code == 2
+    assert "--insecure and --tls-* flags exclude each other" in err
+
+
+def test_partial_own_pki_flags_name_what_is_missing(capsys, pki):
+    ops = pki.readers["ops"]
+    code, _, err = run(capsys, "status", "--tls-ca", str(ops.ca), "--tls-cert", str(ops.cert))
+    assert code == 2
+    assert "--tls-key missing: pass all three, or --tls-dir DIR" in err
+
+
+def test_bad_tls_files_exit_2_naming_the_file(capsys, pki, tmp_path):
+    expired = certs.issue_reader(
+        certs.load_ca(pki.ca_dir), "old", tmp_path / "old",
+        certs.Validity(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+                       datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC)))
+    code, _, err = run(capsys, "events", "--tls-dir", str(tmp_path / "old"))
+    assert code == 2
+    assert f"{expired.cert}: certificate 'CN=old,OU=gpuaudit-reader,O=gpuaudit' expired on " \
+        "2021-01-01 00:00 UTC" in err
+
+
+def test_insecure_warns_only_off_loopback(capsys):
+    parser = cli.build_parser()
+    for address, warns in [("127.0.0.1:1", False), ("[::1]:1", False), ("localhost:1", False),
+                           ("10.0.0.1:50051", True), ("0.0.0.0:50051", True),
+                           ("collector.example:1", True)]:
+        args = parser.parse_args(["status", "--insecure", "--collector", address])
+        assert cli_tls.resolve_tls(args, args.collector) is None
+        err = capsys.readouterr().err
+        assert ("warning: --insecure on " + address in err) is warns, address
+
+
+def test_tls_dir_from_env_and_own_pki_flags(monkeypatch, pki):
+    parser = cli.build_parser()
+    ops = pki.readers["ops"]
+    monkeypatch.setenv(cli_tls.TLS_DIR_ENV, str(ops.cert.parent))
+    args = parser.parse_args(["events"])
+    assert cli_tls.resolve_tls(args, args.collector) == ops
+    # An explicit --insecure beats the environment.
+    args = parser.parse_args(["events", "--insecure"])
+    assert cli_tls.resolve_tls(args, args.collector) is None
+    monkeypatch.delenv(cli_tls.TLS_DIR_ENV)
+    own = ["--tls-ca", str(ops.ca), "--tls-cert", str(ops.cert), "--tls-key", str(ops.key)]
+    args = parser.parse_args(["status", *own])
+    assert cli_tls.resolve_tls(args, args.collector) == ops
+
+
+def test_agent_gets_tls_files_and_insecure(monkeypatch, pki):
+    import agent.main
+
+    seen = []
+    monkeypatch.setattr(agent.main, "run_agent", lambda args: seen.append(args) or 0)
+    node = pki.nodes["n1"]
+    assert cli.main(["agent", "--node", "n1", "--tls-dir", str(node.cert.parent)]) == 0
+    assert cli.main(["agent", "--insecure"]) == 0
+    assert [(a.tls_files, a.insecure) for a in seen] == [(node, False), (None, True)]
+
+
+def test_collector_rate_flags():
+    parser = cli.build_parser()
+    defaults = parser.parse_args(["collector"])
+    assert (defaults.node_rate_limit, defaults.node_rate_burst) == (
+        CollectorConfig().node_rate_limit, CollectorConfig().node_rate_burst)
+    args = parser.parse_args(["collector", "--node-rate-limit", "0", "--node-rate-burst", "500"])
+    assert (args.node_rate_limit, args.node_rate_burst) == (0, 500)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["collector", "--node-rate-limit", "-1"])
+
+
+def test_status_and_events_over_mutual_tls(capsys, pki, tls_address):
+    ops = ["--tls-dir", str(pki.readers["ops"].cert.parent)]
+    code, out, err = run(capsys, "status", "--collector", tls_address, "--json", *ops)
+    assert code == 0, err
+    assert [n["node"] for n in json.loads(out)["nodes"]] == ["n1"]
+    code, out, err = run(capsys, "events", "--collector", tls_address, "--json", *ops)
+    assert code == 0, err
+    assert [from_json(line).node for line in out.splitlines()] == ["n1"]
+
+
+def test_a_node_cert_cannot_query(capsys, pki, tls_address):
+    code, out, err = run(capsys, "events", "--collector", tls_address,
+                         "--tls-dir", str(pki.nodes["n1"].cert.parent))
+    assert (code, out) == (1, "")
+    assert f"gpuaudit events: the collector at {tls_address} refused this certificate:" in err
+
+
+def test_a_cert_from_another_ca_fails_the_handshake_with_advice(capsys, tls_address, tmp_path):
+    certs.init_pki(tmp_path, readers=["ops"])
+    code, _, err = run(capsys, "status", "--collector", tls_address,
+                       "--tls-dir", str(tmp_path / "readers/ops"))
+    assert code == 1
+    assert f"TLS handshake with the collector at {tls_address} failed" in err
+    assert "from the same CA" in err
+    assert "Traceback" not in err
+
+
+def test_tls_client_to_a_plaintext_collector_says_so(capsys, pki, address):
+    code, _, err = run(capsys, "status", "--collector", address,
+                       "--tls-dir", str(pki.readers["ops"].cert.parent))
+    assert code == 1
+    assert f"the collector at {address} speaks plaintext (it runs --insecure), not TLS" in err
