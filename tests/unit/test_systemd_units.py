@@ -9,6 +9,7 @@ its eBPF sensors.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import shutil
@@ -19,13 +20,18 @@ from pathlib import Path
 
 import pytest
 
+from collector import certs
 from collector.cli import build_parser
+from collector.cli_tls import TLS_DIR_ENV, resolve_tls
 from tests.capabilities import require
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 AGENT = "gpuaudit-agent.service"
 COLLECTOR = "gpuaudit-collector.service"
 INSTALLED_BIN = "/opt/gpuaudit/.venv/bin/gpuaudit"
+NODE_PKI = "/etc/gpuaudit/pki/node"
+COLLECTOR_PKI = "/etc/gpuaudit/pki/collector"
+TLS_FILES = ("ca.crt", "tls.crt", "tls.key")  # what --tls-dir looks for
 
 AGENT_CAPS = {
     "CAP_BPF",
@@ -269,22 +275,46 @@ def test_collector_is_unprivileged_and_fully_sandboxed() -> None:
 # -- unit <-> CLI contract ------------------------------------------------------------
 
 
-def defaults(name: str) -> dict[str, str]:
+def specifiers(name: str, **override: str) -> dict[str, str]:
+    """What systemd's system manager puts for the specifiers the units use.
+
+    systemd.unit(5): %H host name, %S state directory root (/var/lib), %d the
+    credentials directory ($CREDENTIALS_DIRECTORY, /run/credentials/UNIT).
+    """
+    return {"H": "node-7", "S": "/var/lib", "d": f"/run/credentials/{name}", "%": "%"} | override
+
+
+def expand(text: str, spec: dict[str, str]) -> str:
+    """Replace %X specifiers; one the test does not know fails rather than stays."""
+
+    def one_specifier(m: re.Match[str]) -> str:
+        assert m.group(1) in spec, f"specifier %{m.group(1)} in {text!r}: teach specifiers()"
+        return spec[m.group(1)]
+
+    return re.sub(r"%(.)", one_specifier, text)
+
+
+def defaults(name: str, **override: str) -> dict[str, str]:
     """Environment= defaults, checking they come before EnvironmentFile=."""
     text = (UNITS / name).read_text()
     env_file = text.index("\nEnvironmentFile=-/etc/default/")
     env: dict[str, str] = {}
     for m in re.finditer(r"^Environment=(\w+)=(.*)$", text, flags=re.M):
         assert m.start() < env_file, f"{m.group(0)} comes after EnvironmentFile= and wins"
-        env[m.group(1)] = m.group(2).replace("%H", "node-7")
+        env[m.group(1)] = expand(m.group(2), specifiers(name, **override))
     return env
 
 
-def exec_start_argv(name: str) -> list[str]:
-    """ExecStart= as systemd runs it with the default environment."""
-    env = defaults(name)
+def exec_start_argv(name: str, **override: str) -> list[str]:
+    """ExecStart= as systemd runs it with the default environment.
+
+    Specifiers are expanded first, then $VAR/${VAR}, as systemd does; keyword
+    arguments stand in for specifiers (e.g. d= a test's credentials directory).
+    """
+    env = defaults(name, **override)
     words = []
     for word in shlex.split(one(service(name), "ExecStart")):
+        word = expand(word, specifiers(name, **override))
         if m := re.fullmatch(r"\$(\w+)", word):  # $VAR: split at spaces, may vanish
             assert m.group(1) in env, f"{word} has no Environment= default"
             words += shlex.split(env[m.group(1)])
@@ -297,19 +327,103 @@ def exec_start_argv(name: str) -> list[str]:
     return words[1:]
 
 
+def parsed(name: str, **override: str) -> argparse.Namespace:
+    return build_parser().parse_args(exec_start_argv(name, **override))
+
+
 def test_agent_exec_start_parses_with_the_cli() -> None:
-    args = build_parser().parse_args(exec_start_argv(AGENT))
+    args = parsed(AGENT)
     assert args.command == "agent"
     assert args.collector == "127.0.0.1:50051"
     assert args.node == "node-7"
+    assert args.spool_dir == "/var/lib/gpuaudit-agent/spool"
+
+
+def test_agent_spool_is_inside_its_state_directory() -> None:
+    # Under ProtectSystem=strict the state directory is the only writable path;
+    # the CLI's own default for root (/var/lib/gpuaudit/spool) is read-only there.
+    assert "%S/gpuaudit-agent/spool" in one(service(AGENT), "ExecStart")
+    state = Path(specifiers(AGENT)["S"]) / one(service(AGENT), "StateDirectory")
+    spool = Path(parsed(AGENT).spool_dir)
+    assert spool.is_relative_to(state) and spool != state, (spool, state)
+    assert "ReadWritePaths" not in service(AGENT)
 
 
 def test_collector_exec_start_parses_with_the_cli() -> None:
-    args = build_parser().parse_args(exec_start_argv(COLLECTOR))
+    args = parsed(COLLECTOR)
     assert args.command == "collector"
     assert args.listen == "127.0.0.1:50051"
     assert args.db == "/var/lib/gpuaudit/events.db"
     assert args.db.startswith(f"/var/lib/{one(service(COLLECTOR), 'StateDirectory')}/")
+    assert args.tls_dir == "/run/credentials/gpuaudit-collector.service"
+
+
+def credentials(name: str) -> dict[str, str]:
+    """LoadCredential=ID:PATH lines as {ID: PATH}, refusing repeated IDs."""
+    loaded: dict[str, str] = {}
+    for value in service(name).get("LoadCredential", []):
+        cred_id, sep, path = value.partition(":")
+        assert sep and cred_id not in loaded, f"LoadCredential={value}"
+        loaded[cred_id] = path
+    return loaded
+
+
+def test_collector_loads_its_tls_files_as_credentials() -> None:
+    # DynamicUser= cannot open a root-only 0600 key; PID 1 reads it for us.
+    assert credentials(COLLECTOR) == {f: f"{COLLECTOR_PKI}/{f}" for f in TLS_FILES}
+    assert " --tls-dir %d " in one(service(COLLECTOR), "ExecStart")
+
+
+@pytest.mark.parametrize("name", [AGENT, COLLECTOR])
+def test_units_never_pass_insecure(name: str) -> None:
+    settings = [f"{k}={v}" for k, values in service(name).items() for v in values]
+    assert not [s for s in settings if "--insecure" in s]  # not in ExecStart= nor any default
+    assert not parsed(name).insecure
+
+
+def test_agent_finds_its_certificate_through_the_environment() -> None:
+    # Not on the command line: GPUAUDIT_AGENT_ARGS may still say --insecure or
+    # give own-PKI files, which an explicit --tls-dir would clash with.
+    assert defaults(AGENT)[TLS_DIR_ENV] == NODE_PKI
+    assert parsed(AGENT).tls_dir is None
+
+
+@pytest.fixture(scope="module")
+def installed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root file system with certificates copied as systemd/README.md says:
+    certs init on an admin host, collector/ and nodes/<node>/ copied over."""
+    pki = certs.init_pki(tmp_path_factory.mktemp("admin") / "pki", nodes=["node-7"])
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(pki.collector.ca.parent, root / COLLECTOR_PKI.lstrip("/"))
+    shutil.copytree(certs.node_dir(pki.root, "node-7"), root / NODE_PKI.lstrip("/"))
+    return root
+
+
+def test_agent_unit_environment_gives_mutual_tls(
+    installed_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls_dir = installed_root / defaults(AGENT)[TLS_DIR_ENV].lstrip("/")
+    monkeypatch.setenv(TLS_DIR_ENV, str(tls_dir))  # systemd's Environment=, re-rooted
+    args = parsed(AGENT)
+    files = resolve_tls(args, args.collector)  # checks the files: chain, key, validity
+    assert files is not None
+    assert (files.ca, files.cert, files.key) == tuple(tls_dir / f for f in TLS_FILES)
+
+
+def test_collector_credentials_give_mutual_tls(
+    installed_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Do what PID 1 does at start: copy each LoadCredential= source to
+    # $CREDENTIALS_DIRECTORY/ID, then run ExecStart= with %d pointing there.
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for cred_id, source in credentials(COLLECTOR).items():
+        shutil.copyfile(installed_root / source.lstrip("/"), creds / cred_id)
+    args = parsed(COLLECTOR, d=str(creds))
+    files = resolve_tls(args, args.listen)
+    assert files is not None
+    assert (files.ca, files.cert, files.key) == tuple(creds / f for f in TLS_FILES)
 
 
 @pytest.mark.parametrize("name", [AGENT, COLLECTOR])
