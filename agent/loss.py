@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.record import Record
-from agent.spool import Loss
+from agent.spoolrecovery import Loss
 from gpuaudit.v1 import events_pb2
 
 REPORT_INTERVAL_S = 1.0

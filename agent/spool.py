@@ -33,10 +33,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import spoolfile as fmt
+from agent.spoolrecovery import Loss, Position, Segment, recover
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,9 @@ FLUSH_BYTES = 64 * 1024
 POLICIES = ("drop_oldest", "drop_newest")
 ACK_PERSIST_S = 1.0
 
-Position = tuple[int, int]  # (segment number, byte offset in it)
-
 
 class SpoolError(RuntimeError):
     """The spool directory cannot be used; the message says what to do."""
-
-
-@dataclass
-class Loss:
-    """Events that left the spool without being acknowledged."""
-
-    reason: str        # spool_full, spool_write, spool_corrupt, rejected
-    count: int
-    lost_boot_id: str
-    first_seq: int
-    last_seq: int
 
 
 @dataclass
@@ -75,29 +63,6 @@ class Chunk:
 
     def __len__(self) -> int:
         return len(self.payloads)
-
-
-@dataclass
-class Segment:
-    segno: int
-    path: Path
-    boot_id: str
-    first_offset: int
-    size: int = 0            # bytes written (readable) so far
-    records: int = 0
-    first_seq: int = 0
-    last_seq: int = 0
-    acked: int = 0           # records acknowledged by the collector
-    acked_offset: int = 0    # acknowledged up to this offset
-    acked_last_seq: int = 0
-    offsets: list[tuple[int, int]] = field(default_factory=list)  # (offset, seq); recovery only
-
-    @property
-    def unacked(self) -> int:
-        return self.records - self.acked
-
-    def unacked_range(self) -> tuple[int, int]:
-        return max(self.first_seq, self.acked_last_seq + 1), self.last_seq
 
 
 class DiskSpool:
@@ -159,63 +124,14 @@ class DiskSpool:
         return fd
 
     def _recover(self) -> None:
-        ack_segno, ack_offset = self._ack_pos = self._read_ack_file()
-        for path in sorted(self.dir.glob(fmt.SEGMENT_GLOB)):
-            seg = self._recover_segment(path)
-            if seg is None:
-                continue
-            if seg.segno < ack_segno:
-                seg.acked, seg.acked_offset = seg.records, seg.size
-            elif seg.segno == ack_segno:
-                self._apply_acked_offset(seg, ack_offset)
-            seg.offsets = []
-            if seg.unacked == 0:
-                self._delete(seg)
-                continue
-            self._segments.append(seg)
-            self._bytes += seg.size
+        found = recover(self.dir)
+        self._segments, self._ack_pos = found.segments, found.ack_pos
+        self._bytes = sum(seg.size for seg in self._segments)
+        for loss in found.losses:
+            self._record_loss(loss)
         if self._segments:
             log.info("spool %s: %d events from earlier runs to deliver",
-                     self.dir, sum(s.unacked for s in self._segments))
-
-    def _recover_segment(self, path: Path) -> Segment | None:
-        data = path.read_bytes()
-        try:
-            res = fmt.scan(data)
-        except fmt.SpoolFormatError as err:
-            bad = path.with_suffix(".bad")
-            path.rename(bad)
-            count = data.count(fmt.RECORD.pack(fmt.RECORD_MAGIC, 0, 0, 0)[:4])
-            self._record_loss(Loss("spool_corrupt", count, "", 0, 0))
-            log.error("spool segment %s: %s; moved aside as %s", path, err, bad.name)
-            return None
-        for first, last in res.lost_seqs:
-            self._record_loss(Loss("spool_corrupt", last - first + 1, res.boot_id, first, last))
-        if res.torn_bytes or res.damaged_bytes:
-            log.warning("spool segment %s: %d damaged and %d torn bytes dropped (crash during a "
-                        "write?)", path.name, res.damaged_bytes, res.torn_bytes)
-            os.truncate(path, res.valid_end)
-        seqs = [seq for _, seq in res.records]
-        return Segment(
-            segno=fmt.segno_of(path), path=path, boot_id=res.boot_id,
-            first_offset=res.first_offset, size=res.valid_end, records=len(seqs),
-            first_seq=seqs[0] if seqs else 0, last_seq=seqs[-1] if seqs else 0,
-            acked_offset=res.first_offset, offsets=res.records,
-        )
-
-    @staticmethod
-    def _apply_acked_offset(seg: Segment, offset: int) -> None:
-        before = [(o, s) for o, s in seg.offsets if o < offset]
-        seg.acked = len(before)
-        seg.acked_offset = max(seg.first_offset, min(offset, seg.size))
-        seg.acked_last_seq = before[-1][1] if before else 0
-
-    def _read_ack_file(self) -> Position:
-        try:
-            segno, offset = (self.dir / "acked").read_text().split()
-            return int(segno), int(offset)
-        except (OSError, ValueError):
-            return (0, 0)  # nothing acknowledged yet (or unreadable: resend, dedup'd)
+                     self.dir, sum(seg.unacked for seg in self._segments))
 
     # -- writing (processor thread) -------------------------------------------
     def append(self, seq: int, payload: bytes) -> bool:
