@@ -85,10 +85,6 @@ class DiskSpool:
         self.max_bytes = max_bytes
         self.policy = policy
         self.fsync_interval_s = fsync_interval_s
-        # Dropping happens a segment at a time: small segments keep the loss
-        # granular, and a full spool always has an older segment to drop.
-        self.segment_bytes = segment_bytes or max(64 * 1024, min(8 * MiB, max_bytes // 16))
-        self._flush_bytes = min(FLUSH_BYTES, self.segment_bytes // 4)
         self._clock = clock
         self._cond = threading.Condition()
         self._segments: list[Segment] = []
@@ -105,6 +101,12 @@ class DiskSpool:
         self._losses: list[Loss] = []
         self.lost: dict[str, int] = {}
         self._lock_fd = self._lock_dir()
+        # Dropping happens a segment at a time: small segments keep the loss
+        # granular, and a full spool (or disk) always has an older segment to drop.
+        disk = os.statvfs(self.dir)
+        self.segment_bytes = segment_bytes or max(
+            64 * 1024, min(8 * MiB, max_bytes // 16, disk.f_blocks * disk.f_frsize // 16))
+        self._flush_bytes = min(FLUSH_BYTES, self.segment_bytes // 4)
         self._recover()
 
     # -- start-up -----------------------------------------------------------
@@ -182,14 +184,15 @@ class DiskSpool:
             return
         if self._head is None or self._head.size + len(self._buf) > self.segment_bytes:
             self._roll()
-        try:
-            self._write_buf()
-        except OSError as err:
-            if err.errno == errno.ENOSPC and self._drop_for_disk():
-                with contextlib.suppress(OSError):
-                    self._write_buf()
-                    return
-            self._lose_buffer(err)
+        while True:
+            try:
+                self._write_buf()
+                return
+            except OSError as err:
+                if err.errno == errno.ENOSPC and self._drop_for_disk():
+                    continue  # something was freed: try again
+                self._lose_buffer(err)
+                return
 
     def _write_buf(self) -> None:
         seg = self._ensure_head()
@@ -210,9 +213,12 @@ class DiskSpool:
         self._cond.notify_all()
 
     def _drop_for_disk(self) -> bool:
-        """The disk is full before max_bytes: free a segment if the policy allows."""
-        others = [s for s in self._segments if s is not self._head]
-        return self.policy == "drop_oldest" and bool(others) and self._drop_oldest()
+        """The disk is full before max_bytes: free what the policy allows; False if nothing."""
+        head = self._head
+        if head is not None and head.records and head.unacked == 0:
+            self._roll()  # all delivered: rolling deletes it, nothing is lost
+            return True
+        return self.policy == "drop_oldest" and self._drop_oldest()
 
     def _lose_buffer(self, err: OSError) -> None:
         seqs = self._buf_seqs
@@ -236,7 +242,7 @@ class DiskSpool:
             os.fdatasync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        if self._head.records == 0:
+        if self._head.unacked == 0:  # empty or all delivered
             self._segments.remove(self._head)
             self._bytes -= self._head.size
             self._delete(self._head)
