@@ -123,9 +123,10 @@ class Shipper:
                 self._stream_once(stop)
             except grpc.RpcError as e:
                 wait = self._after_failure(e)
+            if self.connected:
+                delay = 0.2  # it worked for a while: a new failure starts the backoff afresh
             self.connected = False
             if wait < 0:  # an expected stream rotation: straight back
-                delay = 0.2
                 continue
             if not stop.is_set():
                 # full jitter spreads the reconnects of many agents after an outage
