@@ -14,10 +14,17 @@ from collector.storage.base import (
     DEFAULT_QUERY_LIMIT,
     MAX_QUERY_LIMIT,
     Heartbeat,
-    StorageError,
     StoreResult,
 )
-from collector.storage.gaps import gaps_in, missing_count
+from collector.storage.common import (
+    COUNT_OWN,
+    Written,
+    as_storage_error,
+    latest_health,
+    own_counts,
+    time_ns,
+)
+from collector.storage.gaps import gaps_in
 from collector.storage.own import OwnEvents
 from collector.storage.schema import init_schema
 from gpuaudit.v1 import collector_pb2, events_pb2
@@ -28,23 +35,6 @@ _INSERT = (
 )
 _MAX_SEQ = "SELECT MAX(seq) FROM events WHERE node = ? AND boot_id = ?"
 _SEQS_BETWEEN = "SELECT seq FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN ? AND ?"
-# Counters of collector-raised events; creates the row of a node never seen
-# (e.g. the certificate owner of a refused batch) with boot_id ''.
-_COUNT_OWN = """
-INSERT INTO nodes
-    (node, boot_id, latest_ns, last_seq, events_stored, gaps, missing_events, rejected)
-VALUES (?, '', 0, 0, ?, ?, ?, ?)
-ON CONFLICT (node) DO UPDATE SET
-    events_stored  = events_stored  + excluded.events_stored,
-    gaps           = gaps           + excluded.gaps,
-    missing_events = missing_events + excluded.missing_events,
-    rejected       = rejected       + excluded.rejected
-"""
-
-
-def time_ns(ts: Any) -> int:
-    """A protobuf Timestamp as integer nanoseconds since the epoch."""
-    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
 
 
 def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
@@ -64,17 +54,18 @@ def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _latest_health(events: Sequence[events_pb2.Event]) -> events_pb2.Event | None:
-    health = [ev for ev in events if ev.type == "agent.health"]
-    return max(health, key=lambda ev: time_ns(ev.time)) if health else None
-
-
 class SqliteStorage:
     """The :class:`~collector.storage.base.Storage` on one SQLite file.
 
     One connection writes (under a lock), another reads (under its own lock):
     in WAL mode readers see the last committed state and never block the
     writer, so a large query does not delay acks to agents.
+
+    This class is the "rows" layout (one row per event) and the shared frame of
+    every layout: a layout subclass (:class:`~collector.storage.chunks.ChunkStorage`)
+    overrides the hooks ``_init_schema``, ``_write_new``, ``_write_own`` and
+    ``query``, and inherits transactions, the ``nodes`` table, heartbeats, gap
+    events and the own-event counters.
     """
 
     def __init__(
@@ -97,16 +88,24 @@ class SqliteStorage:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._w = self._connect()
-        # Each stored event touches seven b-trees (table, unique key, five
-        # indexes); SQLite's default 2 MiB cache is smaller than their hot
-        # pages under load, and insert cost grew ~40% as the file grew.
-        self._w.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB
         try:
-            init_schema(self._w, self.path)
+            self._init_schema(self._w)
         except BaseException:
             self._w.close()
             raise
         self._r = self._connect()
+
+    def _init_schema(self, db: sqlite3.Connection) -> None:
+        """Layout hook: tune the writer ``db`` and create or upgrade the layout's schema.
+
+        Raises RuntimeError naming the file when it cannot be used (another
+        layout's file, or a newer schema).
+        """
+        # Each stored event touches seven b-trees (table, unique key, five
+        # indexes); SQLite's default 2 MiB cache is smaller than their hot
+        # pages under load, and insert cost grew ~40% as the file grew.
+        db.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB
+        init_schema(db, self.path)
 
     @property
     def own(self) -> OwnEvents:
@@ -138,7 +137,7 @@ class SqliteStorage:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock, _as_storage_error():
+        with self._write_lock, as_storage_error():
             # IMMEDIATE takes the write lock up front, so two collectors on one
             # file wait (busy_timeout) instead of failing half-way through.
             self._w.execute("BEGIN IMMEDIATE")
@@ -149,9 +148,15 @@ class SqliteStorage:
                 raise
             self._w.execute("COMMIT")
 
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader connection, held alone for the block; errors become StorageError."""
+        with self._read_lock, as_storage_error():
+            yield self._r
+
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
-        with self._read_lock, _as_storage_error():
-            return self._r.execute(sql, args).fetchall()
+        with self._reading() as db:
+            return db.execute(sql, args).fetchall()
 
     # -- writes ---------------------------------------------------------------
 
@@ -172,21 +177,29 @@ class SqliteStorage:
     def _store_one(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> StoreResult:
         if not events:
             return StoreResult(0, 0, 0)
-        node, boot_id = events[0].node, events[0].boot_id
-        prev = db.execute(_MAX_SEQ, (node, boot_id)).fetchone()[0] or 0
+        written = self._write_new(db, events)
+        acked_seq = max(written.prev, events[-1].seq)
+        if written.new:
+            self._account(db, written, acked_seq)
+        return StoreResult(len(written.new), len(events) - len(written.new), acked_seq)
+
+    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> Written:
+        """Layout hook: write the events of one non-empty batch not stored yet."""
+        prev = db.execute(_MAX_SEQ, (events[0].node, events[0].boot_id)).fetchone()[0] or 0
         new = _not_stored(db, events, prev)
         rows = [_row(ev) for ev in new]
         db.executemany(_INSERT, rows)
-        acked_seq = max(prev, events[-1].seq)
-        if rows:
-            newest = max(row[4] for row in rows)
-            self._update_node(db, node, boot_id, newest, acked_seq, len(rows))
-            health = _latest_health(new)
-            if health is not None:
-                self._update_heartbeat(db, health)
-            for gap in gaps_in(prev, new, self._own):
-                self._insert_own(db, gap)
-        return StoreResult(len(rows), len(events) - len(rows), acked_seq)
+        return Written(prev, new, max((row[4] for row in rows), default=0))
+
+    def _account(self, db: sqlite3.Connection, written: Written, acked_seq: int) -> None:
+        """After new events are written: node row, heartbeat, and the gaps they reveal."""
+        prev, new, newest = written
+        self._update_node(db, new[0].node, new[0].boot_id, newest, acked_seq, len(new))
+        health = latest_health(new)
+        if health is not None:
+            self._update_heartbeat(db, health)
+        for gap in gaps_in(prev, new, self._own):
+            self._insert_own(db, gap)
 
     def _update_node(
         self, db: sqlite3.Connection, node: str, boot_id: str, newest: int, acked: int, stored: int
@@ -233,24 +246,16 @@ class SqliteStorage:
         )
 
     def _insert_own(self, db: sqlite3.Connection, event: events_pb2.Event) -> events_pb2.Event:
-        # The next free seq of (node, this run's boot_id), taken inside the
-        # transaction: gap-free, and shared by every kind of own event.
+        self._write_own(db, event)
+        db.execute(COUNT_OWN, (event.node, 1, *own_counts(event)))
+        return event
+
+    def _write_own(self, db: sqlite3.Connection, event: events_pb2.Event) -> None:
+        """Layout hook: give collector-raised ``event`` the next free seq of its run; write it."""
+        # Taken inside the transaction: gap-free, and shared by every kind of own event.
         prev = db.execute(_MAX_SEQ, (event.node, event.boot_id)).fetchone()[0] or 0
         event.seq = prev + 1
         db.execute(_INSERT, _row(event))
-        kind = event.WhichOneof("payload")
-        gap = event.agent_gap
-        db.execute(
-            _COUNT_OWN,
-            (
-                event.node,
-                1,
-                1 if kind == "agent_gap" else 0,
-                missing_count(gap) if kind == "agent_gap" else 0,
-                event.agent_rejected.batches if kind == "agent_rejected" else 0,
-            ),
-        )
-        return event
 
     def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
         """Store a collector-raised event with the next free seq; see :class:`Storage`."""
@@ -325,15 +330,6 @@ def _not_stored(
         )
     }  # fmt: skip
     return [ev for ev in events if ev.seq not in stored]
-
-
-@contextmanager
-def _as_storage_error() -> Iterator[None]:
-    # Callers depend on the Storage interface, not on sqlite3's exceptions.
-    try:
-        yield
-    except sqlite3.Error as err:
-        raise StorageError(str(err)) from err
 
 
 def _where(query: collector_pb2.EventQuery) -> tuple[str, list[object]]:

@@ -1,4 +1,8 @@
-"""SqliteStorage on a real temporary SQLite file."""
+"""Both SQLite stores (rows: SqliteStorage, chunks: ChunkStorage) on a real temporary file.
+
+Every test here runs against both: they must behave the same. Chunk-only
+behaviour is tested in test_storage_chunks.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import sqlite3
 import pytest
 
 from collector.storage.base import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, Storage, StoreResult
+from collector.storage.chunks import CHUNK_SCHEMA_VERSION, ChunkStorage
 from collector.storage.schema import SCHEMA_VERSION
 from collector.storage.sqlite import SqliteStorage
 from gpuaudit.v1 import collector_pb2
@@ -26,9 +31,21 @@ def clock():
     return FakeClock()
 
 
+# (class, StatusReply.db prefix, PRAGMA user_version of a fresh file)
+KINDS = {
+    "rows": (SqliteStorage, "sqlite", SCHEMA_VERSION),
+    "chunks": (ChunkStorage, "sqlite-chunks", CHUNK_SCHEMA_VERSION),
+}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request):
+    return KINDS[request.param]
+
+
 @pytest.fixture
-def store(tmp_path, clock):
-    s = SqliteStorage(tmp_path / "sub" / "dir" / "events.db", clock=clock)
+def store(tmp_path, clock, kind):
+    s = kind[0](tmp_path / "sub" / "dir" / "events.db", clock=clock)
     yield s
     s.close()
 
@@ -41,19 +58,19 @@ def q(**kw):
     return collector_pb2.EventQuery(**kw)
 
 
-def test_is_a_storage_and_creates_parent_dirs(store, tmp_path):
-    assert isinstance(store, SqliteStorage)
+def test_is_a_storage_and_creates_parent_dirs(store, tmp_path, kind):
+    assert isinstance(store, kind[0])
     s: Storage = store  # the Protocol is satisfied (checked by mypy on collector/)
     assert (tmp_path / "sub" / "dir" / "events.db").exists()
-    assert s.status().db == f"sqlite:{tmp_path / 'sub' / 'dir' / 'events.db'}"
+    assert s.status().db == f"{kind[1]}:{tmp_path / 'sub' / 'dir' / 'events.db'}"
 
 
-def test_wal_mode_is_on_and_persistent(store):
+def test_wal_mode_is_on_and_persistent(store, kind):
     assert store.journal_mode() == "wal"
     # A fresh connection sees WAL too: the mode is recorded in the file.
     with sqlite3.connect(store.path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert other.execute("PRAGMA user_version").fetchone()[0] == kind[2]
 
 
 def test_same_batch_twice_is_idempotent(store):
@@ -215,12 +232,12 @@ def test_mark_silent_loses_to_a_fresh_heartbeat(store, clock):
     assert store.status().nodes[0].silent is False
 
 
-def test_data_survives_reopen(tmp_path):
+def test_data_survives_reopen(tmp_path, kind):
     path = tmp_path / "events.db"
-    first = SqliteStorage(path)
+    first = kind[0](path)
     first.store_batch([gpu_open(1), health(2)])
     first.close()
-    again = SqliteStorage(path)
+    again = kind[0](path)
     try:
         assert again.store_batch([gpu_open(1)]) == StoreResult(0, 1, 2)
         assert again.status().nodes[0].events_stored == 2
@@ -228,9 +245,10 @@ def test_data_survives_reopen(tmp_path):
         again.close()
 
 
-def test_refuses_a_database_from_a_newer_schema(tmp_path):
+def test_refuses_a_database_from_a_newer_schema(tmp_path, kind):
     path = tmp_path / "events.db"
+    newer = kind[2] + 97
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="schema version 99"):
-        SqliteStorage(path)
+        db.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(RuntimeError, match=f"schema version {newer}"):
+        kind[0](path)
