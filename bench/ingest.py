@@ -284,10 +284,21 @@ def get_status(address: str, tls_root: str | None) -> collector_pb2.StatusReply:
 # -- verification: exactly what was sent, nothing more, nothing less ---------------------
 
 
+def _chunk_seq_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """(node, count, distinct seq, min, max) from a chunk store, decoding every chunk."""
+    seqs: dict[str, list[int]] = collections.defaultdict(list)
+    for node, body in conn.execute("SELECT node, body FROM chunks WHERE node LIKE 'bench-%'"
+                                   " AND boot_id NOT LIKE 'collector-%'"):
+        seqs[node] += [ev.seq for ev in collector_pb2.EventBatch.FromString(body).events]
+    return [(n, len(v), len(set(v)), min(v), max(v)) for n, v in seqs.items()]
+
+
 def verify_sqlite(db: Path, s: Settings) -> list[str]:
     """Problems in the database: every agent must hold seq 1..events exactly once."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute(
+        chunked = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'").fetchone()
+        rows = _chunk_seq_rows(conn) if chunked else conn.execute(
             "SELECT node, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events"
             " WHERE node LIKE 'bench-%' AND boot_id NOT LIKE 'collector-%' GROUP BY node"
         ).fetchall()

@@ -40,6 +40,7 @@ from collector.ingest.rejections import WINDOW_S, Rejections
 from collector.ingest.servicer import IngestPolicy, IngestServicer
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.query.servicer import QueryServicer
+from collector.storage.chunks import ChunkStorage
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
 from gpuaudit.tls import TlsConfigError, TlsFiles
@@ -53,6 +54,9 @@ AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-define
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "/var/lib/gpuaudit/events.db"
 MiB = 1024 * 1024
+
+STORES: dict[str, type[SqliteStorage]] = {"rows": SqliteStorage, "chunks": ChunkStorage}
+"""Storage layouts (README, "Storage layouts"): same API, same answers, different costs."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class CollectorConfig:
     node_rate_limit: float = 100_000.0       # events/s per node; 0 = no limit
     node_rate_burst: int = 0                 # bucket size in events; 0 = two seconds' worth
     max_group_events: int = DEFAULT_MAX_GROUP_EVENTS  # most events per group commit
+    store: str = "rows"                      # "rows" (row per event) or "chunks" (row per batch)
 
 
 class StartupError(Exception):
@@ -176,7 +181,8 @@ def is_loopback(host: str) -> bool:
 
 async def _open_storage(s: _Startup) -> None:
     try:
-        s.storage = SqliteStorage(s.config.db, clock=s.clock)
+        store = STORES[s.config.store]
+        s.storage = store(s.config.db, clock=s.clock)
     except Exception as err:
         raise StartupError(
             f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"

@@ -266,3 +266,34 @@ def test_spool_disk_full_loss_is_counted_reported_and_exact(
     finally:
         agent.stop()
         col.stop()
+
+
+def test_chunk_layout_stores_all_k_through_a_connection_cut(
+        tmp_path: Path, null_gpu_node: Path) -> None:
+    """The `--store chunks` layout end to end: same answers as the row layout."""
+    col = Collector(tmp_path / "chunks.db", "--store", "chunks")
+    try:
+        with TcpProxy(col.address) as proxy:
+            agent = start_agent(proxy.address, "dl-chunks", tmp_path)
+            try:
+                wait_node_ready(col, "dl-chunks", "ebpf", timeout=90)
+                work = open_device(null_gpu_node, K, pause_every=500, pause_s=0.1)
+                time.sleep(0.5)
+                proxy.cut()
+                assert work.wait(60) == 0
+
+                def stored() -> int:
+                    return len(col.query(types=["gpu.open"], nodes=["dl-chunks"], pid=work.pid))
+
+                wait_for(lambda: stored() >= K, 90)
+                time.sleep(1.5)
+                assert stored() == K
+                health = col.query(types=["agent.health"], nodes=["dl-chunks"])
+                seqs = sorted(e.seq for e in col.query(nodes=["dl-chunks"], newest=False)
+                              if e.boot_id == health[0].boot_id)
+                assert seqs == list(range(1, len(seqs) + 1))
+                assert not col.query(types=["agent.gap"], nodes=["dl-chunks"])
+            finally:
+                agent.stop()
+    finally:
+        col.stop()
