@@ -31,7 +31,7 @@ run: install
 	 echo "gpuaudit: and at node status:   $(BIN)/gpuaudit status --collector $(LISTEN) --tls-dir var/pki/readers/ops"; \
 	 $(BIN)/gpuaudit collector --listen $(LISTEN) --db $(DB) --tls-dir var/pki/collector & cpid=$$!; \
 	 trap 'kill $$cpid 2>/dev/null; wait $$cpid 2>/dev/null' EXIT INT TERM; \
-	 $(BIN)/gpuaudit agent --collector $(LISTEN) --node $$node --tls-dir var/pki/nodes/$$node
+	 $(BIN)/gpuaudit agent --collector $(LISTEN) --node $$node --tls-dir var/pki/nodes/$$node --spool-dir var/spool
 
 lint: install
 	$(BIN)/ruff check agent collector tests bench proto/gpuaudit/jsonform.py proto/gpuaudit/tls.py
