@@ -284,8 +284,9 @@ class TcpProxy:
             # and a refused connect must reset the client right away.
             upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT_S)
         except OSError:
-            _reset(client)
+            # count first: the client may look at the counters the moment it is reset
             self._count(connect_failures=1)
+            _reset(client)
             return
         for sock in (client, upstream):
             sock.setblocking(False)
