@@ -157,6 +157,10 @@ def test_payload_section_names_type_and_message(field: FieldDescriptor) -> None:
     assert section.title == f"`{type_}` — `{field.message_type.name}`"
 
 
+NODE_LEVEL_TYPES = {"gpu.device", "gpu.xid"}
+"""Event types about the node or a GPU, not a process (no process block)."""
+
+
 @pytest.mark.parametrize("type_", payload_types())
 def test_examples_are_valid_events_of_their_section(type_: str) -> None:
     found = examples(section_naming(type_))
@@ -167,7 +171,7 @@ def test_examples_are_valid_events_of_their_section(type_: str) -> None:
         assert ev.type == type_
         assert ev.WhichOneof("payload") == type_.replace(".", "_")
         assert ev.seq >= 1 and ev.boot_id and ev.node and ev.time.seconds > 0
-        node_level = type_.startswith("agent.")
+        node_level = type_.startswith("agent.") or type_ in NODE_LEVEL_TYPES
         assert ev.HasField("process") != node_level, "process block: events about a process only"
         if type_ == "agent.silent":
             assert ev.boot_id.startswith("collector-")

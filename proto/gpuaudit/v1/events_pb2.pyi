@@ -169,8 +169,98 @@ class AgentRejected(_message.Message):
     batches: int
     def __init__(self, claimed_node: _Optional[str] = ..., cert_names: _Optional[_Iterable[str]] = ..., peer: _Optional[str] = ..., reason: _Optional[str] = ..., batches: _Optional[int] = ...) -> None: ...
 
+class MigDevice(_message.Message):
+    __slots__ = ("index", "uuid", "gpu_instance_id", "compute_instance_id", "memory_total")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    GPU_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    gpu_instance_id: int
+    compute_instance_id: int
+    memory_total: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ..., memory_total: _Optional[int] = ...) -> None: ...
+
+class GpuDevice(_message.Message):
+    __slots__ = ("index", "minor_number", "uuid", "serial", "name", "pci_bus_id", "driver_version", "cuda_driver_version", "memory_total", "persistence_mode", "compute_mode", "mig_mode", "mig_devices", "unavailable", "change")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MINOR_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUDA_DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENCE_MODE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MODE_FIELD_NUMBER: _ClassVar[int]
+    MIG_MODE_FIELD_NUMBER: _ClassVar[int]
+    MIG_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    minor_number: int
+    uuid: str
+    serial: str
+    name: str
+    pci_bus_id: str
+    driver_version: str
+    cuda_driver_version: str
+    memory_total: int
+    persistence_mode: str
+    compute_mode: str
+    mig_mode: str
+    mig_devices: _containers.RepeatedCompositeFieldContainer[MigDevice]
+    unavailable: _containers.RepeatedScalarFieldContainer[str]
+    change: str
+    def __init__(self, index: _Optional[int] = ..., minor_number: _Optional[int] = ..., uuid: _Optional[str] = ..., serial: _Optional[str] = ..., name: _Optional[str] = ..., pci_bus_id: _Optional[str] = ..., driver_version: _Optional[str] = ..., cuda_driver_version: _Optional[str] = ..., memory_total: _Optional[int] = ..., persistence_mode: _Optional[str] = ..., compute_mode: _Optional[str] = ..., mig_mode: _Optional[str] = ..., mig_devices: _Optional[_Iterable[_Union[MigDevice, _Mapping]]] = ..., unavailable: _Optional[_Iterable[str]] = ..., change: _Optional[str] = ...) -> None: ...
+
+class GpuProcess(_message.Message):
+    __slots__ = ("state", "gpu_index", "gpu_uuid", "mig_uuid", "kind", "used_memory", "sm_util", "mem_util", "seen_open", "max_memory", "gpu_time_ms")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_FIELD_NUMBER: _ClassVar[int]
+    MIG_UUID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    USED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SM_UTIL_FIELD_NUMBER: _ClassVar[int]
+    MEM_UTIL_FIELD_NUMBER: _ClassVar[int]
+    SEEN_OPEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    GPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    gpu_index: int
+    gpu_uuid: str
+    mig_uuid: str
+    kind: str
+    used_memory: int
+    sm_util: int
+    mem_util: int
+    seen_open: bool
+    max_memory: int
+    gpu_time_ms: int
+    def __init__(self, state: _Optional[str] = ..., gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., mig_uuid: _Optional[str] = ..., kind: _Optional[str] = ..., used_memory: _Optional[int] = ..., sm_util: _Optional[int] = ..., mem_util: _Optional[int] = ..., seen_open: _Optional[bool] = ..., max_memory: _Optional[int] = ..., gpu_time_ms: _Optional[int] = ...) -> None: ...
+
+class GpuXid(_message.Message):
+    __slots__ = ("gpu_index", "gpu_uuid", "event", "xid", "gpu_instance_id", "compute_instance_id")
+    GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    XID_FIELD_NUMBER: _ClassVar[int]
+    GPU_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    gpu_index: int
+    gpu_uuid: str
+    event: str
+    xid: int
+    gpu_instance_id: int
+    compute_instance_id: int
+    def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., event: _Optional[str] = ..., xid: _Optional[int] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected")
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +275,9 @@ class Event(_message.Message):
     AGENT_LOSS_FIELD_NUMBER: _ClassVar[int]
     AGENT_GAP_FIELD_NUMBER: _ClassVar[int]
     AGENT_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    GPU_PROCESS_FIELD_NUMBER: _ClassVar[int]
+    GPU_XID_FIELD_NUMBER: _ClassVar[int]
     type: str
     time: _timestamp_pb2.Timestamp
     node: str
@@ -199,4 +292,7 @@ class Event(_message.Message):
     agent_loss: AgentLoss
     agent_gap: AgentGap
     agent_rejected: AgentRejected
-    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ...) -> None: ...
+    gpu_device: GpuDevice
+    gpu_process: GpuProcess
+    gpu_xid: GpuXid
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ...) -> None: ...
