@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.enrich import Enricher
+from agent.gpu.sensor import NvmlSensor
 from agent.health import HealthSources, health_record
 from agent.loss import LossReporter
 from agent.pipeline import Identity, Processor
@@ -56,6 +57,9 @@ class AgentConfig:
     cgroup_root: str = "/sys/fs/cgroup"
     tls: Any = None  # gpuaudit.tls.TlsFiles; None only with insecure
     insecure: bool = False
+    nvml: bool = True  # False: the NVML sensor is off (--no-nvml)
+    nvml_library: str | None = None  # None: the driver's libnvidia-ml.so.1
+    nvml_poll_s: float = 5.0
 
 
 def default_spool_dir() -> str:
@@ -81,6 +85,7 @@ class Agent:
         self.poller: ProcfsPoller | None = None
         self.processor: Processor | None = None
         self.shipper: Shipper | None = None
+        self.gpu = NvmlSensor(library=cfg.nvml_library, opened=self._opened_gpu)
         self.stopping = threading.Event()  # producers stop
         self.ship_stop = threading.Event()  # shipper stops (after draining)
         self.threads: list[threading.Thread] = []
@@ -135,6 +140,16 @@ class Agent:
         self.processor = Processor(self.inbox, self.load.decoders, self.clock,
                                    self.enricher, self.ident, self.spool, losses)
 
+    def step_gpu(self) -> None:
+        """NVML inventory, processes and Xids; "off" (never fatal) without a driver."""
+        if not self.cfg.nvml:
+            self.gpu.off_reason = "disabled (--no-nvml)"
+            return
+        self.gpu.start()  # says once, itself, why it is off
+
+    def _opened_gpu(self, pid: int) -> bool:
+        return self.processor is not None and self.processor.opened_gpu(pid)
+
     def step_inventory(self) -> None:
         """GPU fds held before the agent started, reported with source "inventory"."""
         # In procfs mode the poller's first poll is the inventory (it reports
@@ -155,6 +170,9 @@ class Agent:
             self._spawn("ring", self.ring.run, self.stopping)
         if self.poller is not None:
             self._spawn("procfs", self._poll_loop, self.stopping)
+        if self.gpu.nv is not None:
+            self._spawn("nvml", self.gpu.poll_loop(self.inbox, self.cfg.nvml_poll_s), self.stopping)
+            self._spawn("xid", self.gpu.xid_loop(self.inbox), self.stopping)
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None],
                stop: threading.Event) -> None:
@@ -170,7 +188,7 @@ class Agent:
 
     def start(self) -> None:
         for step in (self.step_spool, self.step_load_sensors, self.step_report_degraded,
-                     self.step_processor, self.step_inventory, self.step_threads):
+                     self.step_processor, self.step_inventory, self.step_gpu, self.step_threads):
             log.debug("start-up step %s", step.__name__)
             step()
         log.info("agent up: node=%s boot_id=%s mode=%s collector=%s",
@@ -193,6 +211,7 @@ class Agent:
             spool_dropped=lambda: spool.dropped,
             spool_pending=spool.pending,
             spool_bytes=spool.size_bytes,
+            extra_status=[self.gpu.status],
         )
 
     def run(self) -> None:
@@ -220,6 +239,7 @@ class Agent:
         self.ship_stop.set()
         for t in self.threads:
             t.join(timeout=5)
+        self.gpu.close()
         if spool is not None:
             spool.close()
         if self.load.bpf is not None:
@@ -234,7 +254,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     cfg.heartbeat_s = int(getattr(args, "heartbeat", None) or cfg.heartbeat_s)
     cfg.tls = getattr(args, "tls_files", None)
     cfg.insecure = bool(getattr(args, "insecure", False))
-    for name in ("spool_dir", "spool_max_bytes", "spool_policy", "fsync_interval_s"):
+    cfg.nvml = not getattr(args, "no_nvml", False)
+    for name in ("spool_dir", "spool_max_bytes", "spool_policy", "fsync_interval_s",
+                 "nvml_library", "nvml_poll_s"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)

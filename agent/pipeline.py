@@ -80,6 +80,9 @@ class Processor:
         self.spool = spool
         self.losses = losses
         self.seq = 0  # last seq assigned == events emitted
+        # pids seen opening a GPU device node (successfully), until they exit:
+        # NVML's gpu.process says whether the agent saw the open (seen_open)
+        self.gpu_openers: set[int] = set()
         self.decode_errors = 0
         self._last_error_log = 0.0
 
@@ -110,8 +113,15 @@ class Processor:
         self.seq += 1
         event = build_event(rec, self.ident, self.seq, process)
         self.spool.append(self.seq, event.SerializeToString())
-        if rec.type == "process.exit":
+        if rec.type == "gpu.open" and getattr(rec.payload, "fd", -1) >= 0:
+            self.gpu_openers.add(rec.pid)
+        elif rec.type == "process.exit":
             self.enricher.forget(rec.pid)
+            self.gpu_openers.discard(rec.pid)
+
+    def opened_gpu(self, pid: int) -> bool:
+        """Whether ``pid`` opened a GPU device node while the agent watched (and lives)."""
+        return pid in self.gpu_openers
 
     def _decode(self, data: bytes) -> Record | None:
         decoder = self.decoders.get(data[0]) if data else None

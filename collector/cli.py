@@ -162,6 +162,11 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat", metavar="SECONDS", type=positive(float), default=5.0,
                    help="agent.health interval (default: 5)")
     _add_spool_flags(p)
+    p.add_argument("--nvml-library", metavar="PATH", default=None,
+                   help="libnvidia-ml.so to use (default: the driver's libnvidia-ml.so.1)")
+    p.add_argument("--nvml-poll", dest="nvml_poll_s", metavar="SECONDS", type=positive(float),
+                   default=None, help="how often to list GPU processes (default: 5)")
+    p.add_argument("--no-nvml", action="store_true", help="turn the NVML sensor off")
     _add_log_level(p)
     add_tls_flags(p, "DIR/nodes/NODE: its CN/SAN must be --node")
     p.set_defaults(run=run_agent_command)

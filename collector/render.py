@@ -165,8 +165,31 @@ def _agent_rejected(ev: events_pb2.Event) -> str:
     )
 
 
+def _gpu_device(ev: events_pb2.Event) -> str:
+    d = ev.gpu_device
+    mig = f" mig={len(d.mig_devices)}" if d.mig_mode == "enabled" else ""
+    missing = f" unavailable: {'; '.join(d.unavailable)}" if d.unavailable else ""
+    return (f"{d.change} gpu{d.index} /dev/nvidia{d.minor_number} {d.uuid} {d.name}"
+            f" driver {d.driver_version}{mig}{missing}")
+
+
+def _gpu_process(ev: events_pb2.Event) -> str:
+    p = ev.gpu_process
+    where = p.mig_uuid or p.gpu_uuid
+    seen = "" if p.seen_open else " NOT SEEN OPENING A GPU"
+    return f"{p.state} on gpu{p.gpu_index} {where} mem={p.used_memory >> 20}MiB{seen}"
+
+
+def _gpu_xid(ev: events_pb2.Event) -> str:
+    x = ev.gpu_xid
+    return f"{x.event} {x.xid} on gpu{x.gpu_index} {x.gpu_uuid}"
+
+
 _DETAILS = {
     "gpu_open": _gpu_open,
+    "gpu_device": _gpu_device,
+    "gpu_process": _gpu_process,
+    "gpu_xid": _gpu_xid,
     "process_exec": _process_exec,
     "process_exit": _process_exit,
     "agent_health": _agent_health,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, TestPki, session_pki, wait_node_ready
+from tests.integration.harness import Agent, Collector, TestPki, ready_agent, session_pki
 
 NVIDIA_MAJOR = 195
 
@@ -31,12 +31,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterato
 def bpf_agent(collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     require_bpf()
     log = tmp_path_factory.mktemp("agent") / "agent.log"
-    agent = Agent(collector.address, "it-node", log)
-    try:
-        wait_node_ready(collector, "it-node", "ebpf", timeout=90)
-    except AssertionError:
-        agent.stop()
-        raise AssertionError("agent never reported ready:\n" + log.read_text()) from None
+    agent = ready_agent(collector, "it-node", "ebpf", log)
     yield agent
     agent.stop()
 

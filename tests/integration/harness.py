@@ -231,6 +231,18 @@ def wait_for(pred: Callable[[], object], timeout: float = 30, every: float = 0.2
         time.sleep(every)
 
 
+def ready_agent(col: Collector, node: str, mode: str, log: Path, *extra: str,
+                timeout: float = 90, **kw: object) -> Agent:
+    """An Agent for ``node`` whose first heartbeat in ``mode`` is stored; its log if not."""
+    agent = Agent(col.address, node, log, *extra, **kw)  # type: ignore[arg-type]
+    try:
+        wait_node_ready(col, node, mode, timeout)
+    except AssertionError:
+        agent.stop()
+        raise AssertionError(f"agent {node} never reported {mode}:\n{log.read_text()}") from None
+    return agent
+
+
 def wait_node_ready(col: Collector, node: str, mode: str, timeout: float = 60) -> None:
     """Until the node's first heartbeat (sent after all sensors attached) is stored."""
 

@@ -144,7 +144,11 @@ def test_health_reports_ebpf_sensors_ok(collector: Collector, bpf_agent: Agent) 
     (hb,) = collector.query(types=["agent.health"], nodes=[NODE], limit=1, newest=True)
     h = hb.agent_health
     assert h.mode == "ebpf"
-    assert {s.name: s.state for s in h.sensors} == {"gpu_open": "ok", "process": "ok"}
+    states = {s.name: s.state for s in h.sensors}
+    assert states == {"gpu_open": "ok", "process": "ok", "nvml": states["nvml"]}
+    # no NVIDIA driver on a CI machine: NVML is off, says why, and nothing else suffers
+    nvml = next(s for s in h.sensors if s.name == "nvml")
+    assert nvml.state == "ok" or nvml.detail
     assert h.interval_s == 1
     assert h.events_emitted == hb.seq - 1
     (node,) = [n for n in collector.status().nodes if n.node == NODE]

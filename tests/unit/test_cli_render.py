@@ -121,3 +121,21 @@ def test_details_of_the_collector_loss_events():
     loss.agent_loss.reason, loss.agent_loss.count, loss.agent_loss.total = "spool_full", 5, 8
     loss.agent_loss.lost_boot_id, loss.agent_loss.first_seq, loss.agent_loss.last_seq = "b", 1, 5
     assert render.detail(loss) == "lost 5 (spool_full, total 8) seq 1-5 of b"
+
+
+def test_gpu_event_details_name_the_gpu_and_flag_unseen_processes():
+    from collector.render import detail
+
+    ev = events_pb2.Event(type="gpu.process")
+    ev.gpu_process.state, ev.gpu_process.gpu_index = "appeared", 1
+    ev.gpu_process.mig_uuid, ev.gpu_process.used_memory = "MIG-x", 2 << 30
+    assert detail(ev) == "appeared on gpu1 MIG-x mem=2048MiB NOT SEEN OPENING A GPU"
+    ev = events_pb2.Event(type="gpu.xid")
+    ev.gpu_xid.event, ev.gpu_xid.xid, ev.gpu_xid.gpu_uuid = "xid", 79, "GPU-a"
+    assert detail(ev) == "xid 79 on gpu0 GPU-a"
+    ev = events_pb2.Event(type="gpu.device")
+    d = ev.gpu_device
+    d.change, d.index, d.minor_number, d.uuid, d.name = "start", 0, 0, "GPU-a", "H100"
+    d.driver_version, d.unavailable[:] = "550", ["serial: NOT_SUPPORTED"]
+    assert detail(ev) == ("start gpu0 /dev/nvidia0 GPU-a H100 driver 550 "
+                          "unavailable: serial: NOT_SUPPORTED")
