@@ -38,6 +38,7 @@ from collector.cli_args import (
     split_values,
 )
 from collector.cli_certs import add_certs
+from collector.cli_config import add_config_flag, parse_layered
 from collector.cli_tls import RPC_TIMEOUT_S, add_tls_flags, collector_stub, resolve_tls, rpc_failure
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.server import DEFAULT_DB, DEFAULT_LISTEN, CollectorConfig, StartupError, serve
@@ -57,7 +58,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gpuaudit`` command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_layered(parser, argv)  # flags over env GPUAUDIT_* over the config file
     command: Callable[[argparse.Namespace], int] = args.run
     try:
         return command(args)
@@ -128,6 +129,7 @@ def _add_collector(sub: argparse._SubParsersAction) -> None:
                    "row per batch, ~4x faster ingest, slower queries (default: rows)")
     _add_log_level(p)
     add_tls_flags(p, "DIR/collector")
+    add_config_flag(p)
     p.set_defaults(run=run_collector, collector=None)
 
 
@@ -169,6 +171,7 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-nvml", action="store_true", help="turn the NVML sensor off")
     _add_log_level(p)
     add_tls_flags(p, "DIR/nodes/NODE: its CN/SAN must be --node")
+    add_config_flag(p)
     p.set_defaults(run=run_agent_command)
 
 
