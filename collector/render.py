@@ -124,6 +124,20 @@ def _process_exit(ev: events_pb2.Event) -> str:
     return text + (" held_gpu" if x.held_gpu else "")
 
 
+_SIGNAL_RESULTS = ("", " ignored", " already pending", " not queued (overflow)", " info lost")
+"""process.signal result (kernel TRACE_SIGNAL_*) -> suffix; delivered says nothing."""
+
+
+def _process_signal(ev: events_pb2.Event) -> str:
+    s = ev.process_signal
+    name = s.signal_name or f"signal {s.signal}"
+    target = " ".join(x for x in (s.target_user, s.target_comm) if x)
+    result = (_SIGNAL_RESULTS[s.result] if 0 <= s.result < len(_SIGNAL_RESULTS)
+              else f" result={s.result}")
+    thread = "" if s.group else " (thread)"
+    return f"{name} -> pid {s.target_pid}" + (f" ({target})" if target else "") + thread + result
+
+
 def _agent_health(ev: events_pb2.Event) -> str:
     h = ev.agent_health
     sensors = " ".join(f"{s.name}:{s.state}" for s in h.sensors)
@@ -192,6 +206,7 @@ _DETAILS = {
     "gpu_xid": _gpu_xid,
     "process_exec": _process_exec,
     "process_exit": _process_exit,
+    "process_signal": _process_signal,
     "agent_health": _agent_health,
     "agent_silent": _agent_silent,
     "agent_loss": _agent_loss,

@@ -16,6 +16,7 @@
 #define OP_GPU_OPEN 1
 #define OP_EXEC 2
 #define OP_EXIT 3
+#define OP_SIGNAL 4
 
 #define COMM_LEN 16
 #define OPEN_PATH_LEN 128
@@ -63,6 +64,17 @@ struct exit_rec {
     s32 signal;     /* fatal signal delivered with default action, 0 if none */
     u32 held_gpu;   /* 1 if the process successfully opened a GPU device */
     u32 pad;
+};
+
+/* process.signal: a signal generated for a process that opened a GPU device.
+ * The header is the sender (the task that was running: for kill(2),
+ * tgkill(2), rt_sigqueueinfo(2) and pidfd_send_signal(2) that is the caller). */
+struct signal_rec {
+    struct hdr h;
+    u32 target_pid; /* tgid the signal was sent to */
+    s32 signal;
+    s32 result;     /* TRACE_SIGNAL_*: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose info */
+    s32 group;      /* 1: process-directed (shared pending); 0: thread-directed */
 };
 
 #endif /* GPUAUDIT_EVENTS_H */

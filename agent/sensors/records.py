@@ -24,6 +24,7 @@ C = _header_constants()
 OP_GPU_OPEN: int = C["OP_GPU_OPEN"]
 OP_EXEC: int = C["OP_EXEC"]
 OP_EXIT: int = C["OP_EXIT"]
+OP_SIGNAL: int = C["OP_SIGNAL"]
 
 
 class Hdr(ct.Structure):
@@ -72,10 +73,21 @@ class ExitRec(ct.Structure):
     )
 
 
+class SignalRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("target_pid", ct.c_uint32),
+        ("signal", ct.c_int32),
+        ("result", ct.c_int32),
+        ("group", ct.c_int32),
+    )
+
+
 # C struct name -> mirror, for the alignment check.
 MIRRORS: dict[str, type[ct.Structure]] = {
     "hdr": Hdr,
     "gpu_open_rec": GpuOpenRec,
     "exec_rec": ExecRec,
     "exit_rec": ExitRec,
+    "signal_rec": SignalRec,
 }

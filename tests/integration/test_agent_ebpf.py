@@ -156,3 +156,70 @@ def test_health_reports_ebpf_sensors_ok(collector: Collector, bpf_agent: Agent) 
     # seq is gap-free per boot_id
     seqs = [e.seq for e in collector.query(nodes=[NODE]) if e.boot_id == hb.boot_id]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+HOLD_GPU = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("holding", flush=True)
+time.sleep(120)
+"""
+SEND_SIGTERM = "import os, sys; os.kill(int(sys.argv[1]), 15)"
+
+
+def _signals_to(collector: Collector, pid: int) -> list[object]:
+    return [e for e in collector.query(types=["process.signal"])
+            if e.process_signal.target_pid == pid]
+
+
+def _sigterm_as_nobody(target: int) -> subprocess.Popen[bytes]:
+    sender = subprocess.Popen([sys.executable, "-c", SEND_SIGTERM, str(target)],
+                              user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[])
+    assert sender.wait(30) == 0
+    return sender
+
+
+def test_sigterm_to_gpu_holder_names_sender_and_target(collector: Collector, bpf_agent: Agent,
+                                                       null_gpu_node: Path) -> None:
+    # both run as nobody: an unprivileged user may only signal its own processes
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GPU, str(null_gpu_node)],
+                              user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        sender = _sigterm_as_nobody(holder.pid)
+        # not reaped yet: the agent can still read the (zombie) target's /proc
+        from tests.integration.harness import wait_for
+        wait_for(lambda: _signals_to(collector, holder.pid), timeout=30)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    settle(collector, NODE)
+    (ev,) = _signals_to(collector, holder.pid)
+    assert (ev.process.pid, ev.process.uid, ev.process.user) == (
+        sender.pid, NOBODY.pw_uid, "nobody")
+    assert ev.process.exe == os.path.realpath(sys.executable)
+    s = ev.process_signal
+    assert (s.target_pid, s.signal, s.signal_name, s.result, s.group) == (
+        holder.pid, 15, "SIGTERM", 0, True)
+    (exec_ev,) = collector.query(types=["process.exec"], pid=holder.pid)
+    assert (s.target_user, s.target_comm) == ("nobody", exec_ev.process.comm)
+    (exit_ev,) = collector.query(types=["process.exit"], pid=holder.pid)
+    assert (exit_ev.process_exit.signal, exit_ev.process_exit.held_gpu) == (15, True)
+
+
+def test_sigterm_to_process_without_gpu_is_not_reported(collector: Collector,
+                                                        bpf_agent: Agent) -> None:
+    target = subprocess.Popen(["/bin/sleep", "120"], user=NOBODY.pw_uid, group=NOBODY.pw_gid,
+                              extra_groups=[])
+    try:
+        _wait_exec_seen(collector, target.pid)
+        sender = _sigterm_as_nobody(target.pid)
+        assert target.wait(30) == -signal.SIGTERM
+    finally:
+        target.kill()
+        target.wait(30)
+    settle(collector, NODE)
+    assert collector.query(types=["process.exec"], pid=sender.pid)  # the agent saw the sender
+    assert _signals_to(collector, target.pid) == []
+    assert collector.query(types=["process.signal"], pid=sender.pid) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import re
 
 import pytest
 
@@ -47,6 +48,12 @@ def _probe_program(checks: list[tuple[str, str]]) -> str:
         f"    if ((bpf_get_current_pid_tgid() >> 32) != {os.getpid()}) return 0;\n"
         "    u32 i; u64 v;\n" + stores + "    return 0;\n}\n"
     )
+
+
+def test_every_struct_of_events_h_has_a_mirror() -> None:
+    # a struct added to events.h without a mirror would escape the layout check
+    declared = re.findall(r"^struct (\w+) \{", (BPF_DIR / "events.h").read_text(), flags=re.M)
+    assert sorted(declared) == sorted(MIRRORS)
 
 
 def test_mirrors_match_compiled_layout() -> None:

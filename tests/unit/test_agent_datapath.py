@@ -4,6 +4,9 @@ ctypes mirrors, run through the real Processor, DiskSpool and JSON form."""
 from __future__ import annotations
 
 import ctypes as ct
+import os
+import pwd
+import signal
 from pathlib import Path
 
 from agent.pipeline import Identity, Processor, build_event
@@ -11,8 +14,23 @@ from agent.queue import DroppingQueue
 from agent.record import Record
 from agent.sensors.base import BootClock
 from agent.sensors.gpu_open import decode_gpu_open
-from agent.sensors.process import decode_exec, decode_exit
-from agent.sensors.records import OP_EXEC, OP_EXIT, OP_GPU_OPEN, ExecRec, ExitRec, GpuOpenRec
+from agent.sensors.process import (
+    TargetIdentity,
+    decode_exec,
+    decode_exit,
+    decode_signal,
+    signal_name,
+)
+from agent.sensors.records import (
+    OP_EXEC,
+    OP_EXIT,
+    OP_GPU_OPEN,
+    OP_SIGNAL,
+    ExecRec,
+    ExitRec,
+    GpuOpenRec,
+    SignalRec,
+)
 from agent.sensors.registry import BPF_SENSORS
 from agent.spool import DiskSpool
 from gpuaudit import jsonform
@@ -73,6 +91,64 @@ def test_exit_is_about_the_process_not_the_last_thread() -> None:
     p = rec.payload
     assert isinstance(p, events_pb2.ProcessExit)
     assert (p.exit_code, p.signal, p.held_gpu, rec.tid) == (0, 9, True, 4242)
+
+
+def signal_bytes(target: int, sig: int = 15, result: int = 0, group: int = 1) -> bytes:
+    r = SignalRec()
+    _hdr(r, OP_SIGNAL)
+    r.target_pid, r.signal, r.result, r.group = target, sig, result, group
+    return bytes(r)
+
+
+def _fake_proc(root: Path, pid: int, uid: int, comm: bytes) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "status").write_bytes(
+        b"Name:\tx\nPPid:\t1\nUid:\t%d\t%d\t%d\t%d\nGid:\t5\t5\t5\t5\n" % ((uid,) * 4))
+    (d / "comm").write_bytes(comm + b"\n")
+
+
+def test_signal_header_is_the_sender_payload_names_the_target(tmp_path: Path) -> None:
+    _fake_proc(tmp_path, 4300, 1001, b"python")
+    target = TargetIdentity(proc_root=str(tmp_path), user_lookup={1001: "alice"}.__getitem__)
+    rec = decode_signal(signal_bytes(4300, sig=15, result=1, group=0), FixedClock(), target)
+    assert rec.type == "process.signal"
+    assert (rec.pid, rec.tid, rec.uid, rec.comm) == (4242, 4243, 1000, "python3")
+    p = rec.payload
+    assert isinstance(p, events_pb2.ProcessSignal)
+    assert (p.target_pid, p.signal, p.signal_name, p.result, p.group) == (
+        4300, 15, "SIGTERM", 1, False)
+    assert (p.target_user, p.target_comm) == ("alice", "python")
+
+
+def test_signal_to_a_vanished_or_unreadable_target_keeps_the_event(tmp_path: Path) -> None:
+    target = TargetIdentity(proc_root=str(tmp_path), user_lookup=lambda uid: "never")
+    p = decode_signal(signal_bytes(4301, sig=9), FixedClock(), target).payload
+    assert isinstance(p, events_pb2.ProcessSignal)
+    assert (p.target_pid, p.signal_name, p.target_user, p.target_comm) == (4301, "SIGKILL", "", "")
+    (tmp_path / "4302").mkdir()  # a pid directory whose files are gone (mid-teardown)
+    assert target(4302) == ("", "")
+
+
+def test_signal_names_follow_libc() -> None:
+    assert [signal_name(n) for n in (15, 9, 19, 10)] == ["SIGTERM", "SIGKILL", "SIGSTOP", "SIGUSR1"]
+    assert signal_name(int(signal.SIGRTMIN) + 3) == "SIGRTMIN+3"
+    assert signal_name(int(signal.SIGRTMAX)) == "SIGRTMAX"
+    assert signal_name(32) == ""  # glibc-internal: no name in `kill -l`
+    assert signal_name(200) == ""
+
+
+def test_signal_record_becomes_a_process_signal_event(tmp_path: Path) -> None:
+    spool = DiskSpool(str(tmp_path / "spool"), "boot1")
+    proc, _, _ = _processor(spool)
+    proc.handle(signal_bytes(os.getpid()))  # a live target: the real /proc is read
+    (ev,) = spooled(spool)
+    assert (ev.type, ev.WhichOneof("payload"), ev.process.pid) == (
+        "process.signal", "process_signal", 4242)
+    s = ev.process_signal
+    assert (s.target_pid, s.signal, s.group) == (os.getpid(), 15, True)
+    assert s.target_user == pwd.getpwuid(os.getuid()).pw_name
+    assert s.target_comm == Path(f"/proc/{os.getpid()}/comm").read_text().strip()
 
 
 class StubEnricher:

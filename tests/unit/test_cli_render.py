@@ -139,3 +139,16 @@ def test_gpu_event_details_name_the_gpu_and_flag_unseen_processes():
     d.driver_version, d.unavailable[:] = "550", ["serial: NOT_SUPPORTED"]
     assert detail(ev) == ("start gpu0 /dev/nvidia0 GPU-a H100 driver 550 "
                           "unavailable: serial: NOT_SUPPORTED")
+
+
+def test_signal_detail_names_signal_target_and_outcome():
+    from collector.render import detail
+
+    ev = events_pb2.Event(type="process.signal")
+    s = ev.process_signal
+    s.target_pid, s.signal, s.signal_name, s.group = 4242, 15, "SIGTERM", True
+    s.target_user, s.target_comm, s.result = "alice", "python", 0
+    assert detail(ev) == "SIGTERM -> pid 4242 (alice python)"
+    s.group, s.result = False, 1
+    assert detail(ev).startswith("SIGTERM -> pid 4242 (alice python) (thread)")
+    assert "ignored" in detail(ev)

@@ -77,6 +77,24 @@ class ProcessExit(_message.Message):
     source: str
     def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., held_gpu: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
 
+class ProcessSignal(_message.Message):
+    __slots__ = ("target_pid", "signal", "signal_name", "result", "group", "target_user", "target_comm")
+    TARGET_PID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_USER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COMM_FIELD_NUMBER: _ClassVar[int]
+    target_pid: int
+    signal: int
+    signal_name: str
+    result: int
+    group: bool
+    target_user: str
+    target_comm: str
+    def __init__(self, target_pid: _Optional[int] = ..., signal: _Optional[int] = ..., signal_name: _Optional[str] = ..., result: _Optional[int] = ..., group: _Optional[bool] = ..., target_user: _Optional[str] = ..., target_comm: _Optional[str] = ...) -> None: ...
+
 class SensorStatus(_message.Message):
     __slots__ = ("name", "state", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -260,7 +278,7 @@ class GpuXid(_message.Message):
     def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., event: _Optional[str] = ..., xid: _Optional[int] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid")
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid", "process_signal")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +296,7 @@ class Event(_message.Message):
     GPU_DEVICE_FIELD_NUMBER: _ClassVar[int]
     GPU_PROCESS_FIELD_NUMBER: _ClassVar[int]
     GPU_XID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     type: str
     time: _timestamp_pb2.Timestamp
     node: str
@@ -295,4 +314,5 @@ class Event(_message.Message):
     gpu_device: GpuDevice
     gpu_process: GpuProcess
     gpu_xid: GpuXid
-    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ...) -> None: ...
+    process_signal: ProcessSignal
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ..., process_signal: _Optional[_Union[ProcessSignal, _Mapping]] = ...) -> None: ...
