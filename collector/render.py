@@ -138,6 +138,39 @@ def _process_signal(ev: events_pb2.Event) -> str:
     return f"{name} -> pid {s.target_pid}" + (f" ({target})" if target else "") + thread + result
 
 
+def _target(pid: int, user: str, comm: str) -> str:
+    who = " ".join(x for x in (user, comm) if x)
+    return f"pid {pid}" + (f" ({who})" if who else "")
+
+
+def _outcome(result: int) -> str:
+    return f" failed errno={-result}" if result < 0 else ""
+
+
+def _process_ptrace(ev: events_pb2.Event) -> str:
+    p = ev.process_ptrace
+    name = p.request_name or f"request {p.request}"
+    return f"{name} -> {_target(p.target_pid, p.target_user, p.target_comm)}" + _outcome(p.result)
+
+
+def _process_vm_write(ev: events_pb2.Event) -> str:
+    w = ev.process_vm_write
+    return (f"{w.bytes} bytes -> {_target(w.target_pid, w.target_user, w.target_comm)}"
+            + _outcome(w.result))
+
+
+def _code_module_load(ev: events_pb2.Event) -> str:
+    m = ev.code_module_load
+    return m.syscall + (f" {m.path}" if m.path else "") + _outcome(m.result)
+
+
+def _code_bpf_load(ev: events_pb2.Event) -> str:
+    b = ev.code_bpf_load
+    kind = b.prog_type_name or f"type {b.prog_type}"
+    name = f" {b.prog_name}" if b.prog_name else ""
+    return f"{kind}{name} insns={b.insn_cnt}" + (_outcome(b.result) or f" fd={b.result}")
+
+
 def _agent_health(ev: events_pb2.Event) -> str:
     h = ev.agent_health
     sensors = " ".join(f"{s.name}:{s.state}" for s in h.sensors)
@@ -207,6 +240,10 @@ _DETAILS = {
     "process_exec": _process_exec,
     "process_exit": _process_exit,
     "process_signal": _process_signal,
+    "process_ptrace": _process_ptrace,
+    "process_vm_write": _process_vm_write,
+    "code_module_load": _code_module_load,
+    "code_bpf_load": _code_bpf_load,
     "agent_health": _agent_health,
     "agent_silent": _agent_silent,
     "agent_loss": _agent_loss,

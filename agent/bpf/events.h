@@ -17,12 +17,17 @@
 #define OP_EXEC 2
 #define OP_EXIT 3
 #define OP_SIGNAL 4
+#define OP_PTRACE 5
+#define OP_VM_WRITE 6
+#define OP_MODULE_LOAD 7
+#define OP_BPF_LOAD 8
 
 #define COMM_LEN 16
 #define OPEN_PATH_LEN 128
 #define EXEC_FILENAME_LEN 256
 #define EXEC_MAX_ARGS 20
 #define EXEC_ARG_LEN 128
+#define BPF_PROG_NAME_LEN 16
 
 /* Header shared by all records. */
 struct hdr {
@@ -75,6 +80,43 @@ struct signal_rec {
     s32 signal;
     s32 result;     /* TRACE_SIGNAL_*: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose info */
     s32 group;      /* 1: process-directed (shared pending); 0: thread-directed */
+};
+
+/* process.ptrace: a ptrace(2) request that attaches to or modifies another
+ * process (the in-kernel filter in tamper.c lists them). Header = tracer. */
+struct ptrace_rec {
+    struct hdr h;
+    u32 target_pid; /* ptrace's pid argument: the tracee's tid (its pid for a single-threaded one) */
+    u32 pad;
+    s64 request;    /* PTRACE_* request number */
+    s64 result;     /* 0 (or the peeked word), or -errno */
+};
+
+/* process.vm_write: process_vm_writev(2) into another process. Header = writer. */
+struct vm_write_rec {
+    struct hdr h;
+    u32 target_pid; /* pid argument: the process written into */
+    u32 pad;
+    s64 result;     /* bytes written, or -errno */
+};
+
+/* code.module_load: init_module(2) / finit_module(2). Header = the loader. */
+struct module_rec {
+    struct hdr h;
+    u32 syscall;    /* 0: init_module (image from memory), 1: finit_module (from fd) */
+    s32 fd;         /* finit_module's fd, -1 for init_module */
+    s32 flags;      /* finit_module's MODULE_INIT_* flags, 0 for init_module */
+    u32 pad;
+    s64 result;     /* 0, or -errno */
+};
+
+/* code.bpf_load: bpf(BPF_PROG_LOAD) by any process except the agent. */
+struct bpf_load_rec {
+    struct hdr h;
+    u32 prog_type;  /* BPF_PROG_TYPE_*, read from the caller's attr; 0 if unreadable */
+    u32 insn_cnt;   /* instructions, from the same attr */
+    s64 result;     /* program fd, or -errno */
+    char prog_name[BPF_PROG_NAME_LEN]; /* attr.prog_name, "" if not given or unreadable */
 };
 
 #endif /* GPUAUDIT_EVENTS_H */

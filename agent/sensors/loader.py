@@ -115,7 +115,9 @@ def load_sensors(
             result.statuses.append(sensor_status(s.name, "off", why))
         else:
             candidates.append(s)
-    base_flags = [f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    # AGENT_TGID: tamper.c leaves out this process's own BPF program loads;
+    # the program is compiled here, in the agent, so its pid is the constant.
+    base_flags = [f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DAGENT_TGID={os.getpid()}"]
     flags_of = {s.name: sensor_cflags(s, tracefs) for s in candidates}
     good = _compile_isolating_failures(candidates, base_flags, flags_of, result)
     for s in good:

@@ -25,6 +25,10 @@ OP_GPU_OPEN: int = C["OP_GPU_OPEN"]
 OP_EXEC: int = C["OP_EXEC"]
 OP_EXIT: int = C["OP_EXIT"]
 OP_SIGNAL: int = C["OP_SIGNAL"]
+OP_PTRACE: int = C["OP_PTRACE"]
+OP_VM_WRITE: int = C["OP_VM_WRITE"]
+OP_MODULE_LOAD: int = C["OP_MODULE_LOAD"]
+OP_BPF_LOAD: int = C["OP_BPF_LOAD"]
 
 
 class Hdr(ct.Structure):
@@ -83,6 +87,46 @@ class SignalRec(ct.Structure):
     )
 
 
+class PtraceRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("target_pid", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("request", ct.c_int64),
+        ("result", ct.c_int64),
+    )
+
+
+class VmWriteRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("target_pid", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("result", ct.c_int64),
+    )
+
+
+class ModuleRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("syscall", ct.c_uint32),
+        ("fd", ct.c_int32),
+        ("flags", ct.c_int32),
+        ("pad", ct.c_uint32),
+        ("result", ct.c_int64),
+    )
+
+
+class BpfLoadRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("prog_type", ct.c_uint32),
+        ("insn_cnt", ct.c_uint32),
+        ("result", ct.c_int64),
+        ("prog_name", ct.c_char * C["BPF_PROG_NAME_LEN"]),
+    )
+
+
 # C struct name -> mirror, for the alignment check.
 MIRRORS: dict[str, type[ct.Structure]] = {
     "hdr": Hdr,
@@ -90,4 +134,8 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "exec_rec": ExecRec,
     "exit_rec": ExitRec,
     "signal_rec": SignalRec,
+    "ptrace_rec": PtraceRec,
+    "vm_write_rec": VmWriteRec,
+    "module_rec": ModuleRec,
+    "bpf_load_rec": BpfLoadRec,
 }

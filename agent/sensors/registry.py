@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from agent.sensors import gpu_open, process
+from agent.sensors import gpu_open, process, tamper
 from agent.sensors.base import BpfSensor
 
-BPF_SENSORS: tuple[BpfSensor, ...] = (gpu_open.SENSOR, process.SENSOR)
+# tamper first: bcc attaches probes in program-text order, so its bpf() probe
+# is live while the other sensors' programs load -- the agent's own-load
+# exclusion (AGENT_TGID) is exercised from the very first load.
+BPF_SENSORS: tuple[BpfSensor, ...] = (
+    tamper.SENSOR, tamper.MODULE_SENSOR, gpu_open.SENSOR, process.SENSOR,
+)

@@ -22,16 +22,32 @@ from agent.sensors.process import (
     signal_name,
 )
 from agent.sensors.records import (
+    OP_BPF_LOAD,
     OP_EXEC,
     OP_EXIT,
     OP_GPU_OPEN,
+    OP_MODULE_LOAD,
+    OP_PTRACE,
     OP_SIGNAL,
+    OP_VM_WRITE,
+    BpfLoadRec,
     ExecRec,
     ExitRec,
     GpuOpenRec,
+    ModuleRec,
+    PtraceRec,
     SignalRec,
+    VmWriteRec,
 )
 from agent.sensors.registry import BPF_SENSORS
+from agent.sensors.tamper import (
+    bpf_prog_type_name,
+    decode_bpf_load,
+    decode_module_load,
+    decode_ptrace,
+    decode_vm_write,
+    fd_path,
+)
 from agent.spool import DiskSpool
 from gpuaudit import jsonform
 from gpuaudit.v1 import events_pb2
@@ -210,3 +226,76 @@ def test_dropping_queue_counts_instead_of_blocking() -> None:
     assert [q.offer(i) for i in range(4)] == [True, True, False, False]
     assert q.dropped == 2
     assert (q.get(0), q.get(0), q.get(0)) == (0, 1, None)
+
+
+def _tamper_bytes(rec: ct.Structure, op: int, **fields: object) -> bytes:
+    _hdr(rec, op)
+    for name, value in fields.items():
+        setattr(rec, name, value)
+    return bytes(rec)
+
+
+def test_ptrace_header_is_the_tracer_payload_names_the_tracee(tmp_path: Path) -> None:
+    _fake_proc(tmp_path, 4300, 1001, b"python")
+    target = TargetIdentity(proc_root=str(tmp_path), user_lookup={1001: "alice"}.__getitem__)
+    data = _tamper_bytes(PtraceRec(), OP_PTRACE, target_pid=4300, request=0x4206, result=-1)
+    rec = decode_ptrace(data, FixedClock(), target)
+    assert (rec.type, rec.pid, rec.comm) == ("process.ptrace", 4242, "python3")
+    p = rec.payload
+    assert isinstance(p, events_pb2.ProcessPtrace)
+    assert (p.target_pid, p.request, p.request_name, p.result) == (4300, 0x4206, "PTRACE_SEIZE", -1)
+    assert (p.target_user, p.target_comm) == ("alice", "python")
+
+
+def test_vm_write_splits_bytes_from_errno(tmp_path: Path) -> None:
+    target = TargetIdentity(proc_root=str(tmp_path), user_lookup=lambda uid: "never")
+    ok = decode_vm_write(_tamper_bytes(VmWriteRec(), OP_VM_WRITE, target_pid=9, result=4096),
+                         FixedClock(), target).payload
+    refused = decode_vm_write(_tamper_bytes(VmWriteRec(), OP_VM_WRITE, target_pid=9, result=-1),
+                              FixedClock(), target).payload
+    assert isinstance(ok, events_pb2.ProcessVmWrite)
+    assert isinstance(refused, events_pb2.ProcessVmWrite)
+    assert (ok.bytes, ok.result, ok.target_user) == (4096, 0, "")  # vanished target kept
+    assert (refused.bytes, refused.result) == (0, -1)
+
+
+def test_module_load_resolves_finit_fd_and_not_init(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def resolve(pid: int, fd: int) -> str:
+        seen.append((pid, fd))
+        return "/tmp/x/hide.ko"
+
+    finit = decode_module_load(_tamper_bytes(ModuleRec(), OP_MODULE_LOAD, syscall=1, fd=7,
+                                             flags=2, result=-8), FixedClock(), resolve)
+    init = decode_module_load(_tamper_bytes(ModuleRec(), OP_MODULE_LOAD, syscall=0, fd=-1,
+                                            result=0), FixedClock(), resolve)
+    assert isinstance(finit.payload, events_pb2.ModuleLoad)
+    assert isinstance(init.payload, events_pb2.ModuleLoad)
+    assert (finit.payload.syscall, finit.payload.path, finit.payload.flags,
+            finit.payload.result) == ("finit_module", "/tmp/x/hide.ko", 2, -8)
+    assert (init.payload.syscall, init.payload.path) == ("init_module", "")
+    assert seen == [(4242, 7)]
+
+
+def test_fd_path_reads_proc_and_gives_empty_when_gone(tmp_path: Path) -> None:
+    with open(tmp_path / "m.ko", "wb") as f:
+        assert fd_path(os.getpid(), f.fileno()) == str(tmp_path / "m.ko")
+    assert fd_path(os.getpid(), 10**6) == ""
+    assert fd_path(os.getpid(), -1) == ""
+
+
+def test_bpf_load_names_the_program_type() -> None:
+    data = _tamper_bytes(BpfLoadRec(), OP_BPF_LOAD, prog_type=1, insn_cnt=2, result=5,
+                         prog_name=b"gpuaudit_t")
+    p = decode_bpf_load(data, FixedClock()).payload
+    assert isinstance(p, events_pb2.BpfLoad)
+    assert (p.prog_type, p.prog_type_name, p.prog_name, p.insn_cnt, p.result) == (
+        1, "socket_filter", "gpuaudit_t", 2, 5)
+    assert bpf_prog_type_name(26) == "tracing" and bpf_prog_type_name(999) == ""
+
+
+def test_tamper_ops_are_registered_once() -> None:
+    ops = [op for s in BPF_SENSORS for op in s.decoders]
+    assert len(ops) == len(set(ops))
+    assert {OP_PTRACE, OP_VM_WRITE, OP_MODULE_LOAD, OP_BPF_LOAD} <= set(ops)

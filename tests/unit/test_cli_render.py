@@ -152,3 +152,22 @@ def test_signal_detail_names_signal_target_and_outcome():
     s.group, s.result = False, 1
     assert detail(ev).startswith("SIGTERM -> pid 4242 (alice python) (thread)")
     assert "ignored" in detail(ev)
+
+
+def test_tamper_details_name_the_target_and_the_outcome():
+    from collector.render import detail
+
+    ev = events_pb2.Event(type="process.ptrace")
+    p = ev.process_ptrace
+    p.request, p.request_name, p.target_pid, p.target_user, p.target_comm = (
+        16, "PTRACE_ATTACH", 4242, "alice", "python")
+    assert detail(ev).startswith("PTRACE_ATTACH -> pid 4242")
+    assert "alice" in detail(ev)
+    ev = events_pb2.Event(type="code.bpf_load")
+    b = ev.code_bpf_load
+    b.prog_type, b.prog_type_name, b.prog_name, b.insn_cnt, b.result = (
+        1, "socket_filter", "x", 2, 7)
+    assert detail(ev) == "socket_filter x insns=2 fd=7"
+    ev = events_pb2.Event(type="code.module_load")
+    ev.code_module_load.syscall, ev.code_module_load.path = "finit_module", "/tmp/evil.ko"
+    assert detail(ev).startswith("finit_module /tmp/evil.ko")

@@ -95,6 +95,62 @@ class ProcessSignal(_message.Message):
     target_comm: str
     def __init__(self, target_pid: _Optional[int] = ..., signal: _Optional[int] = ..., signal_name: _Optional[str] = ..., result: _Optional[int] = ..., group: _Optional[bool] = ..., target_user: _Optional[str] = ..., target_comm: _Optional[str] = ...) -> None: ...
 
+class ProcessPtrace(_message.Message):
+    __slots__ = ("target_pid", "request", "request_name", "result", "target_user", "target_comm")
+    TARGET_PID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_USER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COMM_FIELD_NUMBER: _ClassVar[int]
+    target_pid: int
+    request: int
+    request_name: str
+    result: int
+    target_user: str
+    target_comm: str
+    def __init__(self, target_pid: _Optional[int] = ..., request: _Optional[int] = ..., request_name: _Optional[str] = ..., result: _Optional[int] = ..., target_user: _Optional[str] = ..., target_comm: _Optional[str] = ...) -> None: ...
+
+class ProcessVmWrite(_message.Message):
+    __slots__ = ("target_pid", "bytes", "result", "target_user", "target_comm")
+    TARGET_PID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_USER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COMM_FIELD_NUMBER: _ClassVar[int]
+    target_pid: int
+    bytes: int
+    result: int
+    target_user: str
+    target_comm: str
+    def __init__(self, target_pid: _Optional[int] = ..., bytes: _Optional[int] = ..., result: _Optional[int] = ..., target_user: _Optional[str] = ..., target_comm: _Optional[str] = ...) -> None: ...
+
+class ModuleLoad(_message.Message):
+    __slots__ = ("syscall", "path", "flags", "result")
+    SYSCALL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    syscall: str
+    path: str
+    flags: int
+    result: int
+    def __init__(self, syscall: _Optional[str] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+
+class BpfLoad(_message.Message):
+    __slots__ = ("prog_type", "prog_type_name", "prog_name", "insn_cnt", "result")
+    PROG_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROG_TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROG_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSN_CNT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    prog_type: int
+    prog_type_name: str
+    prog_name: str
+    insn_cnt: int
+    result: int
+    def __init__(self, prog_type: _Optional[int] = ..., prog_type_name: _Optional[str] = ..., prog_name: _Optional[str] = ..., insn_cnt: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+
 class SensorStatus(_message.Message):
     __slots__ = ("name", "state", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -278,7 +334,7 @@ class GpuXid(_message.Message):
     def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., event: _Optional[str] = ..., xid: _Optional[int] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid", "process_signal")
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid", "process_signal", "process_ptrace", "process_vm_write", "code_module_load", "code_bpf_load")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +353,10 @@ class Event(_message.Message):
     GPU_PROCESS_FIELD_NUMBER: _ClassVar[int]
     GPU_XID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_PTRACE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_VM_WRITE_FIELD_NUMBER: _ClassVar[int]
+    CODE_MODULE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    CODE_BPF_LOAD_FIELD_NUMBER: _ClassVar[int]
     type: str
     time: _timestamp_pb2.Timestamp
     node: str
@@ -315,4 +375,8 @@ class Event(_message.Message):
     gpu_process: GpuProcess
     gpu_xid: GpuXid
     process_signal: ProcessSignal
-    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ..., process_signal: _Optional[_Union[ProcessSignal, _Mapping]] = ...) -> None: ...
+    process_ptrace: ProcessPtrace
+    process_vm_write: ProcessVmWrite
+    code_module_load: ModuleLoad
+    code_bpf_load: BpfLoad
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ..., process_signal: _Optional[_Union[ProcessSignal, _Mapping]] = ..., process_ptrace: _Optional[_Union[ProcessPtrace, _Mapping]] = ..., process_vm_write: _Optional[_Union[ProcessVmWrite, _Mapping]] = ..., code_module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., code_bpf_load: _Optional[_Union[BpfLoad, _Mapping]] = ...) -> None: ...
