@@ -297,17 +297,21 @@ class DiskSpool:
                 self._cond.wait(timeout)
 
     def _readable_after(self, pos: Position) -> bool:
-        return any(seg.size > (pos[1] if seg.segno == pos[0] else seg.acked_offset)
-                   for seg in self._segments if seg.segno >= pos[0])
+        return self._next_unread(pos) is not None
 
     def _read_locked(self, pos: Position, max_events: int, max_bytes: int) -> Chunk | None:
+        found = self._next_unread(pos)
+        return None if found is None else self._chunk(*found, max_events, max_bytes)
+
+    def _next_unread(self, pos: Position) -> tuple[Segment, int] | None:
+        """The first segment with records after ``pos``, and the offset to read from."""
         for seg in self._segments:
             if seg.segno < pos[0]:
                 continue
             # a segment dropped under the reader: go on from the next one's start
             offset = pos[1] if seg.segno == pos[0] else seg.acked_offset
             if offset < seg.size:
-                return self._chunk(seg, offset, max_events, max_bytes)
+                return seg, offset
         return None
 
     def _chunk(self, seg: Segment, offset: int, max_events: int, max_bytes: int) -> Chunk:

@@ -128,16 +128,6 @@ _SIGNAL_RESULTS = ("", " ignored", " already pending", " not queued (overflow)",
 """process.signal result (kernel TRACE_SIGNAL_*) -> suffix; delivered says nothing."""
 
 
-def _process_signal(ev: events_pb2.Event) -> str:
-    s = ev.process_signal
-    name = s.signal_name or f"signal {s.signal}"
-    target = " ".join(x for x in (s.target_user, s.target_comm) if x)
-    result = (_SIGNAL_RESULTS[s.result] if 0 <= s.result < len(_SIGNAL_RESULTS)
-              else f" result={s.result}")
-    thread = "" if s.group else " (thread)"
-    return f"{name} -> pid {s.target_pid}" + (f" ({target})" if target else "") + thread + result
-
-
 def _target(pid: int, user: str, comm: str) -> str:
     who = " ".join(x for x in (user, comm) if x)
     return f"pid {pid}" + (f" ({who})" if who else "")
@@ -145,6 +135,15 @@ def _target(pid: int, user: str, comm: str) -> str:
 
 def _outcome(result: int) -> str:
     return f" failed errno={-result}" if result < 0 else ""
+
+
+def _process_signal(ev: events_pb2.Event) -> str:
+    s = ev.process_signal
+    name = s.signal_name or f"signal {s.signal}"
+    result = (_SIGNAL_RESULTS[s.result] if 0 <= s.result < len(_SIGNAL_RESULTS)
+              else f" result={s.result}")
+    thread = "" if s.group else " (thread)"
+    return f"{name} -> {_target(s.target_pid, s.target_user, s.target_comm)}" + thread + result
 
 
 def _process_ptrace(ev: events_pb2.Event) -> str:
