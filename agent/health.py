@@ -26,7 +26,20 @@ class HealthSources:
     spool_dropped: Callable[[], int] = lambda: 0
     spool_pending: Callable[[], int] = lambda: 0
     spool_bytes: Callable[[], int] = lambda: 0
-    extra_status: list[Callable[[], events_pb2.SensorStatus]] = field(default_factory=list)
+    extra_status: list[Callable[[], events_pb2.SensorStatus | None]] = field(default_factory=list)
+
+
+def merged_statuses(src: HealthSources) -> list[events_pb2.SensorStatus]:
+    """The load-time statuses, each replaced by a newer one of the same name.
+
+    A runtime that degrades after start (a worker queue overflowing, uprobes
+    that failed to attach) reports under its sensor's name; None means no news.
+    """
+    by_name: dict[str, events_pb2.SensorStatus] = {}
+    for status in [*src.sensors, *(f() for f in src.extra_status)]:
+        if status is not None:
+            by_name[status.name] = status
+    return list(by_name.values())
 
 
 def health_record(src: HealthSources, now_ns: Callable[[], int] = time.time_ns) -> Record:
@@ -38,7 +51,7 @@ def health_record(src: HealthSources, now_ns: Callable[[], int] = time.time_ns) 
         spool_dropped=src.spool_dropped(),
         spool_pending=src.spool_pending(),
         spool_bytes=src.spool_bytes(),
-        sensors=[*src.sensors, *(f() for f in src.extra_status)],
+        sensors=merged_statuses(src),
         mode=src.mode,
         interval_s=src.interval_s,
         version=VERSION,

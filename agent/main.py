@@ -30,7 +30,7 @@ from agent.pipeline import Identity, Processor
 from agent.procfs import ProcfsPoller, gpu_holders, inventory
 from agent.queue import DroppingQueue
 from agent.record import Record
-from agent.sensors.base import BootClock
+from agent.sensors.base import BootClock, SensorContext, SensorHooks, SensorRuntime
 from agent.sensors.loader import LoadResult, load_sensors, sensor_status
 from agent.sensors.registry import BPF_SENSORS
 from agent.sensors.ring import RingReader
@@ -60,6 +60,16 @@ class AgentConfig:
     nvml: bool = True  # False: the NVML sensor is off (--no-nvml)
     nvml_library: str | None = None  # None: the driver's libnvidia-ml.so.1
     nvml_poll_s: float = 5.0
+    protect: str = ""  # extra protected trees (file.write), comma-separated
+    code_allow: str = "/lib,/lib64,/usr/lib,/usr/lib64,/usr/libexec"  # code.load allow-list
+    cluster_cidrs: str = ""  # net.* peer_in_cluster, comma-separated CIDRs
+    checkpoint_max_bytes: int = 16 << 30  # checkpoint.scan reads no bigger file
+    nccl_flush_s: float = 5.0  # nccl.collective reporting interval
+    net_flow_s: float = 10.0  # net.flow reporting interval
+
+    def listed(self, name: str) -> list[str]:
+        """A comma-separated setting as a list, e.g. ``cfg.listed("protect")``."""
+        return [v.strip() for v in str(getattr(self, name)).split(",") if v.strip()]
 
 
 def default_spool_dir() -> str:
@@ -81,6 +91,8 @@ class Agent:
         self.spool: DiskSpool | None = None
         self.enricher = Enricher(proc_root=cfg.proc_root, cgroup_root=cfg.cgroup_root)
         self.load = LoadResult()
+        self.hooks = SensorHooks()
+        self.runtimes: list[SensorRuntime] = []
         self.ring: RingReader | None = None
         self.poller: ProcfsPoller | None = None
         self.processor: Processor | None = None
@@ -128,17 +140,40 @@ class Agent:
                         "processes and refused opens are not seen", self.cfg.poll_s)
             self.poller = ProcfsPoller(proc_root=self.cfg.proc_root)
 
+    def step_sensor_runtimes(self) -> None:
+        """The user-space sides of the loaded sensors: stateful decoders, workers."""
+        if self.load.bpf is None:
+            return
+        ctx = SensorContext(bpf=self.load.bpf, inbox=self.inbox, clock=self.clock, cfg=self.cfg,
+                            opened_gpu=self._opened_gpu, hooks=self.hooks,
+                            proc_root=self.cfg.proc_root)
+        for sensor in self.load.loaded:
+            if sensor.runtime is None:
+                continue
+            try:
+                runtime = sensor.runtime(ctx)
+            except Exception as err:  # one sensor's failure must not stop the agent
+                log.warning("sensor %s: user-space side failed to start: %s", sensor.name, err)
+                self._mark_off(sensor.name, f"user-space side failed to start: {err}")
+                continue
+            self.runtimes.append(runtime)
+            self.load.decoders.update(runtime.decoders())
+
+    def _mark_off(self, name: str, detail: str) -> None:
+        self.load.statuses = [sensor_status(name, "off", detail) if s.name == name else s
+                              for s in self.load.statuses]
+
     def step_processor(self) -> None:
         assert self.spool is not None
         ring = self.ring
-        losses = LossReporter(
-            counters={"kernel": ring.kernel_lost if ring else (lambda: 0),
-                      "queue": lambda: self.inbox.dropped,
-                      "decode": lambda: self.processor.decode_errors if self.processor else 0},
-            spool=self.spool,
-        )
+        counters = {"kernel": ring.kernel_lost if ring else (lambda: 0),
+                    "queue": lambda: self.inbox.dropped,
+                    "decode": lambda: self.processor.decode_errors if self.processor else 0}
+        for runtime in self.runtimes:
+            counters.update(runtime.loss_counters())
+        losses = LossReporter(counters=counters, spool=self.spool)
         self.processor = Processor(self.inbox, self.load.decoders, self.clock,
-                                   self.enricher, self.ident, self.spool, losses)
+                                   self.enricher, self.ident, self.spool, losses, self.hooks)
 
     def step_gpu(self) -> None:
         """NVML inventory, processes and Xids; "off" (never fatal) without a driver."""
@@ -170,6 +205,9 @@ class Agent:
             self._spawn("ring", self.ring.run, self.stopping)
         if self.poller is not None:
             self._spawn("procfs", self._poll_loop, self.stopping)
+        for runtime in self.runtimes:
+            for name, body in runtime.threads():
+                self._spawn(name, body, self.stopping)
         if self.gpu.nv is not None:
             self._spawn("nvml", self.gpu.poll_loop(self.inbox, self.cfg.nvml_poll_s), self.stopping)
             self._spawn("xid", self.gpu.xid_loop(self.inbox), self.stopping)
@@ -188,7 +226,8 @@ class Agent:
 
     def start(self) -> None:
         for step in (self.step_spool, self.step_load_sensors, self.step_report_degraded,
-                     self.step_processor, self.step_inventory, self.step_gpu, self.step_threads):
+                     self.step_sensor_runtimes, self.step_processor, self.step_inventory,
+                     self.step_gpu, self.step_threads):
             log.debug("start-up step %s", step.__name__)
             step()
         log.info("agent up: node=%s boot_id=%s mode=%s collector=%s",
@@ -211,7 +250,7 @@ class Agent:
             spool_dropped=lambda: spool.dropped,
             spool_pending=spool.pending,
             spool_bytes=spool.size_bytes,
-            extra_status=[self.gpu.status],
+            extra_status=[self.gpu.status, *(r.status for r in self.runtimes)],
         )
 
     def run(self) -> None:
@@ -240,6 +279,9 @@ class Agent:
         for t in self.threads:
             t.join(timeout=5)
         self.gpu.close()
+        for runtime in self.runtimes:
+            with contextlib.suppress(Exception):
+                runtime.close()
         if spool is not None:
             spool.close()
         if self.load.bpf is not None:
@@ -256,7 +298,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     cfg.insecure = bool(getattr(args, "insecure", False))
     cfg.nvml = not getattr(args, "no_nvml", False)
     for name in ("spool_dir", "spool_max_bytes", "spool_policy", "fsync_interval_s",
-                 "nvml_library", "nvml_poll_s"):
+                 "nvml_library", "nvml_poll_s", "protect", "code_allow", "cluster_cidrs",
+                 "checkpoint_max_bytes", "nccl_flush_s", "net_flow_s"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)

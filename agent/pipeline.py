@@ -14,7 +14,7 @@ from typing import Protocol
 
 from agent.queue import DroppingQueue
 from agent.record import Record
-from agent.sensors.base import BootClock, Decoder
+from agent.sensors.base import BootClock, Decoder, SensorHooks
 from gpuaudit.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class Processor:
         ident: Identity,
         spool: EventSpool,
         losses: LossEvents | None = None,
+        hooks: SensorHooks | None = None,
     ) -> None:
         self.inbox = inbox
         self.decoders = decoders
@@ -79,6 +80,7 @@ class Processor:
         self.ident = ident
         self.spool = spool
         self.losses = losses
+        self.hooks = hooks or SensorHooks()
         self.seq = 0  # last seq assigned == events emitted
         # pids seen opening a GPU device node (successfully), until they exit:
         # NVML's gpu.process says whether the agent saw the open (seen_open)
@@ -114,7 +116,9 @@ class Processor:
         event = build_event(rec, self.ident, self.seq, process)
         self.spool.append(self.seq, event.SerializeToString())
         if rec.type == "gpu.open" and getattr(rec.payload, "fd", -1) >= 0:
-            self.gpu_openers.add(rec.pid)
+            if rec.pid not in self.gpu_openers:
+                self.gpu_openers.add(rec.pid)
+                self.hooks.tell_gpu_touch(rec.pid)
         elif rec.type == "process.exit":
             self.enricher.forget(rec.pid)
             self.gpu_openers.discard(rec.pid)

@@ -169,10 +169,36 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nvml-poll", dest="nvml_poll_s", metavar="SECONDS", type=positive(float),
                    default=None, help="how often to list GPU processes (default: 5)")
     p.add_argument("--no-nvml", action="store_true", help="turn the NVML sensor off")
+    _add_sensor_flags(p)
     _add_log_level(p)
     add_tls_flags(p, "DIR/nodes/NODE: its CN/SAN must be --node")
     add_config_flag(p)
     p.set_defaults(run=run_agent_command)
+
+
+def _add_sensor_flags(p: argparse.ArgumentParser) -> None:
+    # Lists are comma-separated strings so that the file and GPUAUDIT_* env
+    # layers take them like any other value. Defaults live in AgentConfig.
+    p.add_argument("--protect", metavar="DIRS", default=None,
+                   help="extra trees whose changes are file.write events, comma-separated "
+                   "(every Python's site-/dist-packages, /etc/ld.so.preload and gpuaudit's "
+                   "own files are always protected)")
+    p.add_argument("--code-allow", metavar="DIRS", default=None,
+                   help="system library directories: code.load of a non-GPU process is "
+                   "reported only from outside them, comma-separated "
+                   "(default: /lib,/lib64,/usr/lib,/usr/lib64,/usr/libexec)")
+    p.add_argument("--cluster-cidrs", metavar="CIDRS", default=None,
+                   help="networks inside the cluster (net.* peer_in_cluster), comma-separated "
+                   "(default: none, i.e. every peer is outside)")
+    p.add_argument("--checkpoint-max-bytes", metavar="BYTES", type=positive(int), default=None,
+                   help="largest model file checkpoint.scan reads; bigger ones get verdict "
+                   "error (default: 17179869184 = 16 GiB)")
+    p.add_argument("--nccl-flush", dest="nccl_flush_s", metavar="SECONDS",
+                   type=positive(float), default=None,
+                   help="how often nccl.collective counters are reported (default: 5)")
+    p.add_argument("--net-flow-interval", dest="net_flow_s", metavar="SECONDS",
+                   type=positive(float), default=None,
+                   help="how often net.flow byte counts are reported (default: 10)")
 
 
 def _add_spool_flags(p: argparse.ArgumentParser) -> None:

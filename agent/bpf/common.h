@@ -27,6 +27,16 @@ BPF_TABLE("lru_hash", u32, u32, fork_parent, 65536);
  * User space also inserts processes found holding GPU fds at start. */
 BPF_TABLE("lru_hash", u32, u8, gpu_holders, 65536);
 
+/* tgids that mapped libcuda or libnccl (inserted by user space when code.load
+ * sees the mapping, and by the NCCL uprobes). With gpu_holders this is "a GPU
+ * or NCCL process" for the network sensor's in-kernel filter. */
+BPF_TABLE("lru_hash", u32, u8, accel_procs, 65536);
+
+static __always_inline int is_gpu_or_nccl_proc(u32 tgid)
+{
+    return gpu_holders.lookup(&tgid) != NULL || accel_procs.lookup(&tgid) != NULL;
+}
+
 static __always_inline void count_lost(void)
 {
     u32 zero = 0;

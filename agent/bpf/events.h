@@ -119,4 +119,13 @@ struct bpf_load_rec {
     char prog_name[BPF_PROG_NAME_LEN]; /* attr.prog_name, "" if not given or unreadable */
 };
 
+/* Records of the later sensors, one header each (a sensor owns its header).
+ * Op codes are allocated in ranges so the headers never collide:
+ *   9-11 code_events.h (code.load)      12-19 files_events.h (file.write, opens)
+ *  20-27 nccl_events.h (nccl.*)         28-35 net_events.h (net.*)           */
+#include "code_events.h"
+#include "files_events.h"
+#include "nccl_events.h"
+#include "net_events.h"
+
 #endif /* GPUAUDIT_EVENTS_H */

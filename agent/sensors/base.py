@@ -7,15 +7,18 @@ program (one ring buffer), and the decoder dispatches records by op code.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
 from agent.record import Record
 from agent.sensors.records import Hdr
+from gpuaudit.v1 import events_pb2
 
 
 class BootClock:
@@ -36,7 +39,93 @@ class BootClock:
         return ktime_ns + self.offset_ns
 
 
-Decoder = Callable[[bytes, BootClock], Record]
+Decoder = Callable[[bytes, BootClock], Record | None]
+"""Turns one ring record into a Record; None when the record is handed on
+(e.g. to a hashing worker that offers the finished Record to the inbox later)."""
+
+Loop = Callable[[threading.Event], None]
+"""A thread body: runs until the event is set."""
+
+
+class Inbox(Protocol):
+    """The processor's queue (agent.queue.DroppingQueue): never blocks, counts drops."""
+
+    def offer(self, item: Any) -> bool: ...
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """A file a process mapped executable (told to SensorHooks.library_mapped).
+
+    ``map_path`` is /proc/PID/map_files/START-END: it opens the very file that
+    is mapped even when it was deleted or replaced since, while the mapping lives.
+    """
+
+    pid: int
+    path: str
+    map_path: str
+    dev: int
+    inode: int
+
+
+@dataclass
+class SensorHooks:
+    """Moments one sensor's user-space side tells the others about.
+
+    Listeners run on the thread that saw the moment (usually the processor
+    thread) and must return quickly: hand real work to a worker.
+    """
+
+    # a pid opened a GPU device for the first time (while the agent watched)
+    gpu_touch: list[Callable[[int], None]] = field(default_factory=list)
+    # a process mapped a file executable (code.load's sensor calls these)
+    library_mapped: list[Callable[[MappedFile], None]] = field(default_factory=list)
+
+    def tell_gpu_touch(self, pid: int) -> None:
+        for listener in self.gpu_touch:
+            listener(pid)
+
+    def tell_library_mapped(self, mapped: MappedFile) -> None:
+        for listener in self.library_mapped:
+            listener(mapped)
+
+
+@dataclass
+class SensorContext:
+    """What a sensor's user-space runtime gets from the agent."""
+
+    bpf: Any  # the one compiled bcc.BPF program all sensors share
+    inbox: Inbox  # where finished Records go (they are numbered in arrival order)
+    clock: BootClock
+    cfg: Any  # agent.main.AgentConfig (Any: agent.main imports this module)
+    opened_gpu: Callable[[int], bool]  # pid opened a GPU device and lives
+    hooks: SensorHooks
+    proc_root: str = "/proc"
+
+
+class SensorRuntime(Protocol):
+    """The user-space side of a sensor that keeps state or runs threads.
+
+    Made once after the program loaded, by ``BpfSensor.runtime(ctx)``.
+    """
+
+    def decoders(self) -> dict[int, Decoder]:
+        """Decoders bound to this runtime's state; they replace the sensor's own."""
+        ...
+
+    def threads(self) -> list[tuple[str, Loop]]:
+        """(name, body) of each thread to run; the agent starts and joins them."""
+        ...
+
+    def loss_counters(self) -> dict[str, Callable[[], int]]:
+        """agent.loss reason -> cumulative count of events this runtime lost."""
+        ...
+
+    def status(self) -> events_pb2.SensorStatus | None:
+        """A degraded state to report in agent.health, or None while all is well."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,15 +133,18 @@ class BpfSensor:
     """A sensor backed by kernel code in agent/bpf/<source>."""
 
     name: str
-    source: str  # file name under agent/bpf/
+    source: str | None  # file name under agent/bpf/; None: decodes records another emits
     required_tracepoints: tuple[str, ...]  # "category:name"; missing -> sensor off
     optional_tracepoints: tuple[str, ...] = ()  # missing -> HAVE_TP_<name> not defined
     # (macro, "category:name:field"): macro defined when the tracepoint has the field
     optional_fields: tuple[tuple[str, str], ...] = ()
     decoders: dict[int, Decoder] = field(default_factory=dict)
+    # C struct name -> ctypes mirror, for tests/integration/test_alignment.py
+    mirrors: dict[str, type] = field(default_factory=dict)
+    runtime: Callable[[SensorContext], SensorRuntime] | None = None
 
-    def source_path(self, bpf_dir: Path) -> Path:
-        return bpf_dir / self.source
+    def source_path(self, bpf_dir: Path) -> Path | None:
+        return bpf_dir / self.source if self.source else None
 
 
 def header_record(type_: str, h: Hdr, clock: BootClock, payload: Message) -> Record:

@@ -86,7 +86,8 @@ def _program_text(sensors: list[BpfSensor]) -> str:
     # rewrites map methods (m.lookup()) and generates tracepoint argument
     # structs only in the main text. #line keeps compiler messages pointing at
     # the real file and line. events.h (types only) is #included normally.
-    paths = [BPF_DIR / "common.h", *(s.source_path(BPF_DIR) for s in sensors)]
+    sources = (s.source_path(BPF_DIR) for s in sensors)
+    paths = [BPF_DIR / "common.h", *(p for p in sources if p is not None)]
     return "".join(f'#line 1 "{p}"\n{p.read_text()}\n' for p in paths)
 
 

@@ -14,9 +14,14 @@ from pathlib import Path
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
 
+def record_headers() -> list[Path]:
+    """events.h and the per-sensor record headers it includes (agent/bpf/*_events.h)."""
+    return [BPF_DIR / "events.h", *sorted(BPF_DIR.glob("*_events.h"))]
+
+
 def _header_constants() -> dict[str, int]:
-    """The numeric #defines of events.h: one source of truth for sizes and ops."""
-    text = (BPF_DIR / "events.h").read_text()
+    """The numeric #defines of the record headers: one source of truth for sizes and ops."""
+    text = "\n".join(p.read_text() for p in record_headers())
     return {m[1]: int(m[2]) for m in re.finditer(r"^#define (\w+) (\d+)\b", text, re.M)}
 
 

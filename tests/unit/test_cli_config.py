@@ -117,7 +117,7 @@ def test_unknown_key_names_key_file_and_valid_keys(capsys, write):
     path = write("agent:\n  spool_dri: /x\n")
     msg = usage_error(capsys, "agent", "--config", path)
     assert f"{path}: unknown key 'spool_dri' in section 'agent'" in msg
-    assert "valid keys: collector, fsync_interval, heartbeat, insecure," in msg
+    assert "valid keys: checkpoint_max_bytes, cluster_cidrs, code_allow, collector," in msg
 
 
 def test_the_other_section_is_checked_too(capsys, write):

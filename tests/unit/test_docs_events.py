@@ -6,7 +6,8 @@ The proto is the source of truth; the document must follow it:
 * every payload of ``Event.payload`` has its own ``## `type` — `Message` `` section
   with JSON examples that parse, have that type, and are exactly what
   gpuaudit.jsonform prints (defaults included, 64-bit ints as numbers);
-* the size-limit table matches the #defines of agent/bpf/events.h.
+* the size-limit table matches the #defines of agent/bpf/events.h and the
+  per-sensor record headers it includes (agent/bpf/*_events.h).
 """
 
 from __future__ import annotations
@@ -20,13 +21,26 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from agent.sensors.records import record_headers
 from gpuaudit import jsonform
 from gpuaudit.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = ROOT / "docs" / "events.md"
-EVENTS_H = ROOT / "agent" / "bpf" / "events.h"
-MESSAGES = events_pb2.DESCRIPTOR.message_types_by_name
+PAYLOAD_FILE = events_pb2.DESCRIPTOR
+
+
+def _contract_messages() -> dict[str, Descriptor]:
+    """Every message of the contract: events.proto's and those of the files it imports
+    (code.proto, nccl.proto, ...), all in package gpuaudit.v1."""
+    found: dict[str, Descriptor] = {}
+    for file in (PAYLOAD_FILE, *PAYLOAD_FILE.dependencies):
+        if file.package == PAYLOAD_FILE.package:
+            found.update(file.message_types_by_name)
+    return found
+
+
+MESSAGES = _contract_messages()
 PAYLOAD = events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"]
 
 # proto scalar type names, by FieldDescriptor.TYPE_* value
@@ -190,7 +204,8 @@ def test_examples_are_exactly_the_json_form() -> None:
 
 
 def events_h_limits() -> dict[str, int]:
-    defines = re.findall(r"^#define (\w+) (\d+)\b", EVENTS_H.read_text(), flags=re.M)
+    text = "\n".join(p.read_text() for p in record_headers())
+    defines = re.findall(r"^#define (\w+) (\d+)\b", text, flags=re.M)
     return {name: int(value) for name, value in defines if not name.startswith("OP_")}
 
 

@@ -1,6 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from gpuaudit.v1 import checkpoint_pb2 as _checkpoint_pb2
+from gpuaudit.v1 import code_pb2 as _code_pb2
+from gpuaudit.v1 import files_pb2 as _files_pb2
+from gpuaudit.v1 import nccl_pb2 as _nccl_pb2
+from gpuaudit.v1 import net_pb2 as _net_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -54,16 +59,29 @@ class GpuOpen(_message.Message):
     def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., fd: _Optional[int] = ..., errno: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ProcessExec(_message.Message):
-    __slots__ = ("filename", "argv", "argv_truncated", "source")
+    __slots__ = ("filename", "argv", "argv_truncated", "source", "fileless", "fileless_kind", "preload")
+    class PreloadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FILELESS_FIELD_NUMBER: _ClassVar[int]
+    FILELESS_KIND_FIELD_NUMBER: _ClassVar[int]
+    PRELOAD_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argv_truncated: bool
     source: str
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+    fileless: bool
+    fileless_kind: str
+    preload: _containers.ScalarMap[str, str]
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., source: _Optional[str] = ..., fileless: _Optional[bool] = ..., fileless_kind: _Optional[str] = ..., preload: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ProcessExit(_message.Message):
     __slots__ = ("exit_code", "signal", "held_gpu", "source")
@@ -334,7 +352,7 @@ class GpuXid(_message.Message):
     def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., event: _Optional[str] = ..., xid: _Optional[int] = ..., gpu_instance_id: _Optional[int] = ..., compute_instance_id: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid", "process_signal", "process_ptrace", "process_vm_write", "code_module_load", "code_bpf_load")
+    __slots__ = ("type", "time", "node", "boot_id", "seq", "process", "gpu_open", "process_exec", "process_exit", "agent_health", "agent_silent", "agent_loss", "agent_gap", "agent_rejected", "gpu_device", "gpu_process", "gpu_xid", "process_signal", "process_ptrace", "process_vm_write", "code_module_load", "code_bpf_load", "code_load", "file_write", "checkpoint_scan", "nccl_comm_init", "nccl_collective", "nccl_comm_end", "net_connect", "net_accept", "net_listen", "net_flow", "net_rdma_open")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +375,17 @@ class Event(_message.Message):
     PROCESS_VM_WRITE_FIELD_NUMBER: _ClassVar[int]
     CODE_MODULE_LOAD_FIELD_NUMBER: _ClassVar[int]
     CODE_BPF_LOAD_FIELD_NUMBER: _ClassVar[int]
+    CODE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    FILE_WRITE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SCAN_FIELD_NUMBER: _ClassVar[int]
+    NCCL_COMM_INIT_FIELD_NUMBER: _ClassVar[int]
+    NCCL_COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
+    NCCL_COMM_END_FIELD_NUMBER: _ClassVar[int]
+    NET_CONNECT_FIELD_NUMBER: _ClassVar[int]
+    NET_ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    NET_LISTEN_FIELD_NUMBER: _ClassVar[int]
+    NET_FLOW_FIELD_NUMBER: _ClassVar[int]
+    NET_RDMA_OPEN_FIELD_NUMBER: _ClassVar[int]
     type: str
     time: _timestamp_pb2.Timestamp
     node: str
@@ -379,4 +408,15 @@ class Event(_message.Message):
     process_vm_write: ProcessVmWrite
     code_module_load: ModuleLoad
     code_bpf_load: BpfLoad
-    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ..., process_signal: _Optional[_Union[ProcessSignal, _Mapping]] = ..., process_ptrace: _Optional[_Union[ProcessPtrace, _Mapping]] = ..., process_vm_write: _Optional[_Union[ProcessVmWrite, _Mapping]] = ..., code_module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., code_bpf_load: _Optional[_Union[BpfLoad, _Mapping]] = ...) -> None: ...
+    code_load: _code_pb2.CodeLoad
+    file_write: _files_pb2.FileWrite
+    checkpoint_scan: _checkpoint_pb2.CheckpointScan
+    nccl_comm_init: _nccl_pb2.NcclCommInit
+    nccl_collective: _nccl_pb2.NcclCollective
+    nccl_comm_end: _nccl_pb2.NcclCommEnd
+    net_connect: _net_pb2.NetConnection
+    net_accept: _net_pb2.NetConnection
+    net_listen: _net_pb2.NetConnection
+    net_flow: _net_pb2.NetFlow
+    net_rdma_open: _net_pb2.RdmaOpen
+    def __init__(self, type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., process_exec: _Optional[_Union[ProcessExec, _Mapping]] = ..., process_exit: _Optional[_Union[ProcessExit, _Mapping]] = ..., agent_health: _Optional[_Union[AgentHealth, _Mapping]] = ..., agent_silent: _Optional[_Union[AgentSilent, _Mapping]] = ..., agent_loss: _Optional[_Union[AgentLoss, _Mapping]] = ..., agent_gap: _Optional[_Union[AgentGap, _Mapping]] = ..., agent_rejected: _Optional[_Union[AgentRejected, _Mapping]] = ..., gpu_device: _Optional[_Union[GpuDevice, _Mapping]] = ..., gpu_process: _Optional[_Union[GpuProcess, _Mapping]] = ..., gpu_xid: _Optional[_Union[GpuXid, _Mapping]] = ..., process_signal: _Optional[_Union[ProcessSignal, _Mapping]] = ..., process_ptrace: _Optional[_Union[ProcessPtrace, _Mapping]] = ..., process_vm_write: _Optional[_Union[ProcessVmWrite, _Mapping]] = ..., code_module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., code_bpf_load: _Optional[_Union[BpfLoad, _Mapping]] = ..., code_load: _Optional[_Union[_code_pb2.CodeLoad, _Mapping]] = ..., file_write: _Optional[_Union[_files_pb2.FileWrite, _Mapping]] = ..., checkpoint_scan: _Optional[_Union[_checkpoint_pb2.CheckpointScan, _Mapping]] = ..., nccl_comm_init: _Optional[_Union[_nccl_pb2.NcclCommInit, _Mapping]] = ..., nccl_collective: _Optional[_Union[_nccl_pb2.NcclCollective, _Mapping]] = ..., nccl_comm_end: _Optional[_Union[_nccl_pb2.NcclCommEnd, _Mapping]] = ..., net_connect: _Optional[_Union[_net_pb2.NetConnection, _Mapping]] = ..., net_accept: _Optional[_Union[_net_pb2.NetConnection, _Mapping]] = ..., net_listen: _Optional[_Union[_net_pb2.NetConnection, _Mapping]] = ..., net_flow: _Optional[_Union[_net_pb2.NetFlow, _Mapping]] = ..., net_rdma_open: _Optional[_Union[_net_pb2.RdmaOpen, _Mapping]] = ...) -> None: ...
