@@ -1,4 +1,4 @@
-"""The ``gpuaudit`` command: collector, agent, events, status, certs.
+"""The ``gpuaudit`` command: collector, agent, events, status, findings, certs.
 
 Exit codes: 0 success, 1 runtime failure (collector unreachable, cannot
 start), 2 usage error (bad flag or value, including TLS files that do not fit).
@@ -17,7 +17,7 @@ import sys
 # when grpc is first imported: by the imports just below, so main(argv) is too
 # late and sys.argv is read here. A user's own GRPC_VERBOSITY wins; the collector
 # and agent keep grpc's default logging.
-if sys.argv[1:2] in (["events"], ["status"]):
+if sys.argv[1:2] in (["events"], ["status"], ["findings"]):
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
@@ -39,6 +39,7 @@ from collector.cli_args import (
 )
 from collector.cli_certs import add_certs
 from collector.cli_config import add_config_flag, parse_layered
+from collector.cli_findings import add_findings
 from collector.cli_tls import RPC_TIMEOUT_S, add_tls_flags, collector_stub, resolve_tls, rpc_failure
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.server import DEFAULT_DB, DEFAULT_LISTEN, CollectorConfig, StartupError, serve
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent(sub)
     _add_events(sub)
     _add_status(sub)
+    add_findings(sub, _add_collector_flag)
     add_certs(sub)
     return parser
 
@@ -127,6 +129,11 @@ def _add_collector(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", choices=("rows", "chunks"), default=defaults.store,
                    help="storage layout: rows = one row per event, fast queries; chunks = one "
                    "row per batch, ~4x faster ingest, slower queries (default: rows)")
+    p.add_argument("--rules", metavar="DIR", default=None,
+                   help="your rule files (*.yaml), read after the shipped ones: add rules, "
+                   "override or disable them by id (docs/findings.md; default: none)")
+    p.add_argument("--no-findings", action="store_true",
+                   help="do not run the rules (no findings; the store is not followed)")
     _add_log_level(p)
     add_tls_flags(p, "DIR/collector")
     add_config_flag(p)
@@ -141,7 +148,7 @@ def run_collector(args: argparse.Namespace) -> int:
         listen=args.listen, db=args.db, max_batch_events=args.max_batch_events,
         tls=tls, insecure=tls is None,
         node_rate_limit=args.node_rate_limit, node_rate_burst=args.node_rate_burst,
-        store=args.store,
+        store=args.store, rules_dir=args.rules, findings=not args.no_findings,
     )
     try:
         asyncio.run(serve(config))

@@ -1,4 +1,4 @@
-"""Human-readable tables for ``gpuaudit events`` and ``gpuaudit status``.
+"""Human-readable tables for ``gpuaudit events``, ``status`` and ``findings``.
 
 Cells are escaped: argv and paths come from the audited processes, and an
 escape sequence in a cell must not be able to rewrite the auditor's terminal.
@@ -276,3 +276,28 @@ def status_table(reply: collector_pb2.StatusReply, now_ns: int) -> str:
     rows = [status_row(n, now_ns) for n in reply.nodes]
     totals = f"{len(reply.nodes)} node(s), {reply.events_stored} event(s) stored in {reply.db}"
     return table(STATUS_COLUMNS, rows) + "\n" + totals
+
+
+FINDING_COLUMNS = ("LAST_SEEN", "SEVERITY", "RULE", "NODE", "PID", "USER", "COUNT", "SUMMARY")
+
+
+def finding_row(f: collector_pb2.Finding) -> list[str]:
+    """The table cells for one finding."""
+    has_process = f.HasField("process")
+    p = f.process
+    return [
+        timestamp(f.last_seen.ToNanoseconds()), f.severity.upper(), f.rule, f.node,
+        str(p.pid) if has_process else "-",
+        (p.user or str(p.uid)) if has_process else "-",
+        str(f.count), _cut(f.summary),
+    ]  # fmt: skip
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 1] + "…"
+
+
+def findings_table(findings: Sequence[collector_pb2.Finding]) -> str:
+    """The ``gpuaudit findings`` table plus a count line."""
+    rows = [finding_row(f) for f in findings]
+    return table(FINDING_COLUMNS, rows) + f"\n{len(findings)} finding(s)"

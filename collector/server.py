@@ -34,6 +34,13 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from collector.findings import (
+    FindingHook,
+    FollowerProcess,
+    RuleError,
+    RuleSet,
+    load_rules,
+)
 from collector.ingest.group import DEFAULT_MAX_GROUP_EVENTS, GroupCommitter
 from collector.ingest.ratelimit import NodeRateLimiter
 from collector.ingest.rejections import WINDOW_S, Rejections
@@ -75,6 +82,9 @@ class CollectorConfig:
     node_rate_burst: int = 0                 # bucket size in events; 0 = two seconds' worth
     max_group_events: int = DEFAULT_MAX_GROUP_EVENTS  # most events per group commit
     store: str = "rows"                      # "rows" (row per event) or "chunks" (row per batch)
+    rules_dir: str | None = None             # operator rule files over the defaults (--rules)
+    findings: bool = True                    # run the rules over stored events
+    finding_hooks: tuple[FindingHook, ...] = ()  # called with each finding's JSON dict (exports)
 
 
 class StartupError(Exception):
@@ -92,6 +102,7 @@ class RunningCollector:
     server: grpc.aio.Server
     committer: GroupCommitter
     rejections: Rejections
+    findings: FollowerProcess | None = None  # None when findings are off
 
     @property
     def address(self) -> str:
@@ -144,6 +155,8 @@ class _Startup:
     committer: GroupCommitter | None = None
     rejections: Rejections | None = None
     server: grpc.aio.Server | None = None
+    rules: RuleSet | None = None
+    findings: FollowerProcess | None = None
     health: Any = field(default_factory=AsyncHealthServicer)
     port: int = 0
 
@@ -177,6 +190,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+async def _load_rules(s: _Startup) -> None:
+    if not s.config.findings:
+        return
+    try:
+        s.rules = load_rules(s.config.rules_dir)
+    except RuleError as err:
+        raise StartupError(f"rules: {err}") from err
+    # Loaded here to fail start-up with a clear message; the findings process
+    # loads the same files again.
+    log.info("findings: %d rules loaded (%d disabled)", len(s.rules.rules), len(s.rules.disabled))
+
+
+async def _start_findings(s: _Startup) -> None:
+    # A process of its own following the store, beside ingest
+    # (collector.findings.process); registered after the storage, so it stops
+    # before the storage closes.
+    if s.rules is None:
+        return
+    assert s.storage is not None
+    s.findings = FollowerProcess(s.storage, s.config.db, s.config.store, s.config.rules_dir,
+                                 log_level=logging.getLogger().getEffectiveLevel())
+    s.findings.on_finding.extend(s.config.finding_hooks)
+    s.findings.start()
+    s.stack.callback(s.findings.stop)
 
 
 async def _open_storage(s: _Startup) -> None:
@@ -290,8 +329,10 @@ async def _flush_every(rejections: Rejections, period_s: float) -> None:
 
 STARTUP_STEPS: tuple[tuple[str, Callable[[_Startup], Awaitable[None]]], ...] = (
     ("check transport", _check_transport),
+    ("load rules", _load_rules),
     ("open storage", _open_storage),
     ("start committer", _start_committer),
+    ("start findings", _start_findings),
     ("build server", _build_server),
     ("bind", _bind),
     ("start server", _start_server),
@@ -321,7 +362,7 @@ async def running_collector(
             await step(s)
         assert s.storage and s.watchdog and s.server and s.committer and s.rejections
         yield RunningCollector(
-            host, s.port, s.storage, s.watchdog, s.server, s.committer, s.rejections
+            host, s.port, s.storage, s.watchdog, s.server, s.committer, s.rejections, s.findings
         )
 
 
@@ -414,3 +455,7 @@ class _CollectorService(collector_pb2_grpc.CollectorServicer):
 
     async def GetStatus(self, request: Any, context: Any) -> Any:
         return await self._query.GetStatus(request, context)
+
+    async def ListFindings(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for finding in self._query.ListFindings(request, context):
+            yield finding

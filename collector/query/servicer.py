@@ -1,4 +1,4 @@
-"""Collector.QueryEvents and Collector.GetStatus: reads for the CLI and tools."""
+"""Collector.QueryEvents, GetStatus and ListFindings: reads for the CLI and tools."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import grpc
 
 from collector.ingest.access import AccessDenied, caller, require_reader
 from collector.storage.base import Storage, StorageError
+from collector.storage.common import SEVERITIES
 from gpuaudit.v1 import collector_pb2, events_pb2
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ MAX_FILTER_VALUES = 1000
 
 QueryContext = grpc.aio.ServicerContext[collector_pb2.EventQuery, events_pb2.Event]
 StatusContext = grpc.aio.ServicerContext[collector_pb2.StatusRequest, collector_pb2.StatusReply]
+FindingsContext = grpc.aio.ServicerContext[collector_pb2.FindingQuery, collector_pb2.Finding]
 
 
 def query_problem(query: collector_pb2.EventQuery) -> str | None:
@@ -42,7 +44,7 @@ class QueryServicer:
         self._storage = storage
         self._tls = tls
 
-    async def _authorize(self, context: QueryContext | StatusContext) -> None:
+    async def _authorize(self, context: QueryContext | StatusContext | FindingsContext) -> None:
         try:
             require_reader(caller(context, self._tls))
         except AccessDenied as err:
@@ -75,3 +77,22 @@ class QueryServicer:
         except StorageError as err:
             log.error("status failed: %s", err)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector storage failed: {err}")
+
+    async def ListFindings(
+        self, request: collector_pb2.FindingQuery, context: FindingsContext
+    ) -> AsyncIterator[collector_pb2.Finding]:
+        """Stream the stored findings that match ``request``, most recently seen last."""
+        await self._authorize(context)
+        if request.min_severity and request.min_severity not in SEVERITIES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"min_severity {request.min_severity!r} is not one of "
+                                f"{', '.join(SEVERITIES)}")
+        if request.HasField("since") and request.since.seconds < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "since is before 1970")
+        try:
+            findings = await asyncio.to_thread(self._storage.findings, request)
+        except StorageError as err:
+            log.error("findings query failed: %s", err)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector storage failed: {err}")
+        for finding in findings:
+            yield finding

@@ -7,7 +7,7 @@ drive it directly without an event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple, Protocol
 
 from collector.storage.own import OwnEvents
@@ -104,6 +104,32 @@ class Storage(Protocol):
         between the watchdog's look and this call wins. Returns the stored
         event (with its seq), or None when it was not stored.
         """
+        ...
+
+    def events_after(
+        self, position: int, limit: int, types: Collection[str] | None = None
+    ) -> tuple[list[events_pb2.Event], int]:
+        """About ``limit`` events stored after ``position``, in arrival order, and the new position.
+
+        Positions are the layout's storage order (0: before every event);
+        only events of ``types`` (None: all) are returned. Followers (the
+        findings engine) read the store this way and save the position with
+        :meth:`save_findings`, so nothing stored is skipped across restarts.
+        """
+        ...
+
+    def cursor(self, name: str) -> int:
+        """The position follower ``name`` saved last (0: never)."""
+        ...
+
+    def save_findings(
+        self, findings: Sequence[collector_pb2.Finding], cursor: str, position: int
+    ) -> list[collector_pb2.Finding]:
+        """Merge new occurrences into the stored findings and save ``cursor``, atomically."""
+        ...
+
+    def findings(self, query: collector_pb2.FindingQuery) -> list[collector_pb2.Finding]:
+        """Stored findings matching ``query``, most recently seen last."""
         ...
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ store's, inherited from :class:`SqliteStorage`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from collector.storage import schema
@@ -27,7 +27,7 @@ from collector.storage.schema import CHUNK_VERSION_BASE
 from collector.storage.sqlite import SqliteStorage
 from gpuaudit.v1 import collector_pb2, events_pb2
 
-CHUNK_SCHEMA_VERSION = CHUNK_VERSION_BASE + 1
+CHUNK_SCHEMA_VERSION = CHUNK_VERSION_BASE + 2
 
 MAX_KEYS_PER_KIND = 64
 """Distinct pids (uids) a chunk indexes one by one; above it, one ANY_VALUE row."""
@@ -71,7 +71,10 @@ CREATE TABLE runs (
 # frozen history (upgrades only append), so they are reused, not copied.
 _NODES = schema._V1[schema._V1.index("CREATE TABLE IF NOT EXISTS nodes") :] + schema._V2
 
-_UPGRADES = {CHUNK_VERSION_BASE + 1: _CHUNKS_V1 + _NODES}
+_UPGRADES = {
+    CHUNK_VERSION_BASE + 1: _CHUNKS_V1 + _NODES,
+    CHUNK_VERSION_BASE + 2: schema._V3,  # findings and cursors, as in the row store
+}
 """Script that takes a chunk-store file from version N-1 to N (BASE: empty file)."""
 
 _RUN = "SELECT max_seq, max_span FROM runs WHERE node = ? AND boot_id = ?"
@@ -160,6 +163,28 @@ class ChunkStorage(SqliteStorage):
         """Events matching ``query``, oldest first; ``newest`` keeps the last N."""
         with self._reading() as db:
             return query_chunks(db, query)
+
+    def events_after(
+        self, position: int, limit: int, types: Collection[str] | None = None
+    ) -> tuple[list[events_pb2.Event], int]:
+        """Events of the chunks after chunk id ``position``, and the last chunk id read.
+
+        See :meth:`SqliteStorage.events_after`; whole chunks are read, at
+        least one, until about ``limit`` events.
+        """
+        events: list[events_pb2.Event] = []
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, count, body FROM chunks WHERE id > ? ORDER BY id", (position,)
+            )
+            seen = 0
+            for chunk, count, body in rows:
+                batch = collector_pb2.EventBatch.FromString(body).events
+                events += batch if types is None else [e for e in batch if e.type in types]
+                position, seen = chunk, seen + count
+                if seen >= limit:
+                    break
+        return events, position
 
 
 def encode_chunk(

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from collector.storage.base import StorageError
+from collector.storage.base import MAX_QUERY_LIMIT, StorageError
 from collector.storage.gaps import missing_count
-from gpuaudit.v1 import events_pb2
+from gpuaudit.v1 import collector_pb2, events_pb2
 
 COUNT_OWN = """
 INSERT INTO nodes
@@ -70,3 +70,108 @@ def as_storage_error() -> Iterator[None]:
         yield
     except sqlite3.Error as err:
         raise StorageError(str(err)) from err
+
+
+# -- findings (collector.findings): shared by both layouts ---------------------
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+"""Finding severities, lowest first; the index is the stored ``findings.severity``."""
+
+MAX_FINDING_EVENTS = 8
+"""Triggering events a finding keeps (the first ones); ``count`` has them all."""
+
+DEFAULT_FINDINGS_LIMIT = 1000
+"""Findings ListFindings returns when the query leaves ``limit`` at 0."""
+
+_FINDING_BY_ID = "SELECT body FROM findings WHERE id = ?"
+_UPSERT_FINDING = """
+INSERT INTO findings (id, rule, key, severity, first_ns, last_ns, count, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    severity = excluded.severity, first_ns = excluded.first_ns, last_ns = excluded.last_ns,
+    count = excluded.count, body = excluded.body
+"""
+_SET_CURSOR = """
+INSERT INTO cursors (name, position) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET position = excluded.position
+"""
+
+
+def merge_finding(old: collector_pb2.Finding | None, new: collector_pb2.Finding) -> None:
+    """Fold the stored ``old`` into ``new`` (occurrences since), in place.
+
+    ``new`` keeps the latest description (node, process, summary, rule text);
+    the count adds up, first_seen is the earliest and the event list keeps
+    the first :data:`MAX_FINDING_EVENTS` triggering events.
+    """
+    if old is not None:
+        new.count += old.count
+        if time_ns(old.first_seen) < time_ns(new.first_seen):
+            new.first_seen.CopyFrom(old.first_seen)
+        if time_ns(old.last_seen) > time_ns(new.last_seen):
+            new.last_seen.CopyFrom(old.last_seen)
+        events = list(old.events) + list(new.events)
+        del new.events[:]
+        new.events.extend(events)
+    del new.events[MAX_FINDING_EVENTS:]
+
+
+def upsert_findings(
+    db: sqlite3.Connection, findings: Sequence[collector_pb2.Finding]
+) -> list[collector_pb2.Finding]:
+    """Merge ``findings`` (new occurrences) into the stored ones; return them merged.
+
+    Runs inside the caller's transaction. Two entries with the same id merge
+    in order.
+    """
+    merged: dict[str, collector_pb2.Finding] = {}
+    for finding in findings:
+        row = db.execute(_FINDING_BY_ID, (finding.id,)).fetchone()
+        old = collector_pb2.Finding.FromString(row[0]) if row else None
+        done = collector_pb2.Finding()
+        done.CopyFrom(finding)
+        merge_finding(old, done)
+        db.execute(_UPSERT_FINDING, (
+            done.id, done.rule, done.key, severity_rank(done.severity),
+            time_ns(done.first_seen), time_ns(done.last_seen), done.count,
+            done.SerializeToString(),
+        ))  # fmt: skip
+        merged[done.id] = done
+    return list(merged.values())
+
+
+def set_cursor(db: sqlite3.Connection, name: str, position: int) -> None:
+    """Record ``position`` as cursor ``name`` (inside the caller's transaction)."""
+    db.execute(_SET_CURSOR, (name, position))
+
+
+def get_cursor(db: sqlite3.Connection, name: str) -> int:
+    """The position of cursor ``name``; 0 (before every event) when never set."""
+    row = db.execute("SELECT position FROM cursors WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def severity_rank(severity: str) -> int:
+    """0 (info) .. 4 (critical); ValueError for anything else."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        known = ", ".join(SEVERITIES)
+        raise ValueError(f"unknown severity {severity!r} (one of {known})") from None
+
+
+def query_findings(
+    db: sqlite3.Connection, query: collector_pb2.FindingQuery
+) -> list[collector_pb2.Finding]:
+    """Stored findings matching ``query``: the most recently seen N, oldest first."""
+    clauses, args = ["severity >= ?"], [severity_rank(query.min_severity or "info")]
+    if query.HasField("since"):
+        clauses.append("last_ns >= ?")
+        args.append(time_ns(query.since))
+    limit = min(query.limit or DEFAULT_FINDINGS_LIMIT, MAX_QUERY_LIMIT)
+    rows = db.execute(
+        f"SELECT body FROM findings WHERE {' AND '.join(clauses)}"
+        " ORDER BY last_ns DESC, id DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()
+    return [collector_pb2.Finding.FromString(body) for (body,) in reversed(rows)]

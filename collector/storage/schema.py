@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 CHUNK_VERSION_BASE = 1000
 """Chunk-store files (:mod:`collector.storage.chunks`) count ``user_version`` from here."""
@@ -61,7 +61,29 @@ ALTER TABLE nodes ADD COLUMN missing_events INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN rejected       INTEGER NOT NULL DEFAULT 0;
 """
 
-_UPGRADES = {1: _V1, 2: _V2}
+# Version 3 (issue #7): findings the rules raise (collector.findings), one row
+# per (rule, key) with its count, and the follower's cursor: the position in
+# the event table (rows: events.id; chunks: chunks.id) up to which events were
+# evaluated, committed in the same transaction as the findings they raised.
+_V3 = """
+CREATE TABLE IF NOT EXISTS findings (
+    id       TEXT    PRIMARY KEY,   -- Finding.id (hex of SHA-256 of rule and key)
+    rule     TEXT    NOT NULL,
+    key      TEXT    NOT NULL,
+    severity INTEGER NOT NULL,      -- 0 info .. 4 critical, for --severity
+    first_ns INTEGER NOT NULL,
+    last_ns  INTEGER NOT NULL,      -- event time of the latest occurrence
+    count    INTEGER NOT NULL,
+    body     BLOB    NOT NULL       -- the serialized gpuaudit.v1.Finding
+);
+CREATE INDEX IF NOT EXISTS findings_last ON findings (last_ns);
+CREATE TABLE IF NOT EXISTS cursors (
+    name     TEXT    PRIMARY KEY,   -- e.g. "findings"
+    position INTEGER NOT NULL       -- last event position (row or chunk id) done
+);
+"""
+
+_UPGRADES = {1: _V1, 2: _V2, 3: _V3}
 """Script that takes a file from version N-1 to N (0: empty file)."""
 
 

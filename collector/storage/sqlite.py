@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,13 @@ from collector.storage.common import (
     COUNT_OWN,
     Written,
     as_storage_error,
+    get_cursor,
     latest_health,
     own_counts,
+    query_findings,
+    set_cursor,
     time_ns,
+    upsert_findings,
 )
 from collector.storage.gaps import gaps_in
 from collector.storage.own import OwnEvents
@@ -309,6 +313,53 @@ class SqliteStorage:
             " WHERE heartbeat_ns IS NOT NULL ORDER BY node"
         )
         return [Heartbeat(n, hb, rx, iv, bool(s)) for n, hb, rx, iv, s in rows]
+
+    # -- followers (collector.findings) ---------------------------------------
+
+    def events_after(
+        self, position: int, limit: int, types: Collection[str] | None = None
+    ) -> tuple[list[events_pb2.Event], int]:
+        """Events stored after ``position``, in storage (arrival) order, and the new position.
+
+        Layout hook. A position is the row id of the last event read (chunks:
+        the chunk id); 0 is before every event. One writer allocates ids in
+        commit order, so a reader never sees an id before a smaller one: a
+        follower that resumes from its saved position skips nothing. About
+        ``limit`` events are read; only those of ``types`` (None: all) are
+        decoded and returned, but the position moves past the others too.
+        """
+        # The CASE leaves the body of other types unread and undecoded: a
+        # follower that watches a few types pays little for the rest.
+        wanted = "1" if types is None else f"type IN ({', '.join('?' * len(types))})"
+        sql = (f"SELECT id, CASE WHEN {wanted} THEN body END FROM events"
+               " WHERE id > ? ORDER BY id LIMIT ?")
+        rows = self._read(sql, [*(types or ()), position, limit])
+        events = [events_pb2.Event.FromString(body) for _, body in rows if body is not None]
+        return events, (rows[-1][0] if rows else position)
+
+    def cursor(self, name: str) -> int:
+        """The saved position of follower ``name`` (0: it never saved one)."""
+        with self._reading() as db:
+            return get_cursor(db, name)
+
+    def save_findings(
+        self, findings: Sequence[collector_pb2.Finding], cursor: str, position: int
+    ) -> list[collector_pb2.Finding]:
+        """Merge new occurrences ``findings`` into the stored ones and move ``cursor``.
+
+        One transaction: after a crash the follower resumes from the last
+        saved position and the findings hold exactly the events before it.
+        Returns the findings as now stored (count, first_seen, events merged).
+        """
+        with self._transaction() as db:
+            merged = upsert_findings(db, findings)
+            set_cursor(db, cursor, position)
+            return merged
+
+    def findings(self, query: collector_pb2.FindingQuery) -> list[collector_pb2.Finding]:
+        """Stored findings matching ``query``, most recently seen last."""
+        with self._reading() as db:
+            return query_findings(db, query)
 
     def close(self) -> None:
         """Close both connections once any write or read in progress is done."""

@@ -97,3 +97,73 @@ class StatusReply(_message.Message):
     events_stored: int
     db: str
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., events_stored: _Optional[int] = ..., db: _Optional[str] = ...) -> None: ...
+
+class FindingQuery(_message.Message):
+    __slots__ = ("since", "min_severity", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    min_severity: str
+    limit: int
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_severity: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class FindingProcess(_message.Message):
+    __slots__ = ("pid", "uid", "user", "exe", "comm", "container_id", "pod", "slurm_job")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    SLURM_JOB_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    uid: int
+    user: str
+    exe: str
+    comm: str
+    container_id: str
+    pod: str
+    slurm_job: str
+    def __init__(self, pid: _Optional[int] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., exe: _Optional[str] = ..., comm: _Optional[str] = ..., container_id: _Optional[str] = ..., pod: _Optional[str] = ..., slurm_job: _Optional[str] = ...) -> None: ...
+
+class FindingEvent(_message.Message):
+    __slots__ = ("node", "boot_id", "seq")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    boot_id: str
+    seq: int
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Finding(_message.Message):
+    __slots__ = ("id", "rule", "title", "severity", "mitre", "node", "process", "summary", "count", "first_seen", "last_seen", "events", "key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    MITRE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    rule: str
+    title: str
+    severity: str
+    mitre: _containers.RepeatedScalarFieldContainer[str]
+    node: str
+    process: FindingProcess
+    summary: str
+    count: int
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    events: _containers.RepeatedCompositeFieldContainer[FindingEvent]
+    key: str
+    def __init__(self, id: _Optional[str] = ..., rule: _Optional[str] = ..., title: _Optional[str] = ..., severity: _Optional[str] = ..., mitre: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ..., process: _Optional[_Union[FindingProcess, _Mapping]] = ..., summary: _Optional[str] = ..., count: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events: _Optional[_Iterable[_Union[FindingEvent, _Mapping]]] = ..., key: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class CollectorStub:
                 request_serializer=gpuaudit_dot_v1_dot_collector__pb2.StatusRequest.SerializeToString,
                 response_deserializer=gpuaudit_dot_v1_dot_collector__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.ListFindings = channel.unary_stream(
+                '/gpuaudit.v1.Collector/ListFindings',
+                request_serializer=gpuaudit_dot_v1_dot_collector__pb2.FindingQuery.SerializeToString,
+                response_deserializer=gpuaudit_dot_v1_dot_collector__pb2.Finding.FromString,
+                _registered_method=True)
 
 
 class CollectorServicer:
@@ -77,6 +82,13 @@ class CollectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFindings(self, request, context):
+        """Findings the rules raised (docs/findings.md), most recently seen last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_CollectorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=gpuaudit_dot_v1_dot_collector__pb2.StatusRequest.FromString,
                     response_serializer=gpuaudit_dot_v1_dot_collector__pb2.StatusReply.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=gpuaudit_dot_v1_dot_collector__pb2.FindingQuery.FromString,
+                    response_serializer=gpuaudit_dot_v1_dot_collector__pb2.Finding.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +194,33 @@ class Collector:
             '/gpuaudit.v1.Collector/GetStatus',
             gpuaudit_dot_v1_dot_collector__pb2.StatusRequest.SerializeToString,
             gpuaudit_dot_v1_dot_collector__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpuaudit.v1.Collector/ListFindings',
+            gpuaudit_dot_v1_dot_collector__pb2.FindingQuery.SerializeToString,
+            gpuaudit_dot_v1_dot_collector__pb2.Finding.FromString,
             options,
             channel_credentials,
             insecure,
