@@ -39,6 +39,7 @@ from collector.cli_args import (
 )
 from collector.cli_certs import add_certs
 from collector.cli_config import add_config_flag, parse_layered
+from collector.cli_report import add_report
 from collector.cli_tls import RPC_TIMEOUT_S, add_tls_flags, collector_stub, resolve_tls, rpc_failure
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.server import DEFAULT_DB, DEFAULT_LISTEN, CollectorConfig, StartupError, serve
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent(sub)
     _add_events(sub)
     _add_status(sub)
+    add_report(sub, _add_collector_flag)
     add_certs(sub)
     return parser
 
