@@ -129,6 +129,10 @@ def _add_collector(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", choices=("rows", "chunks"), default=defaults.store,
                    help="storage layout: rows = one row per event, fast queries; chunks = one "
                    "row per batch, ~4x faster ingest, slower queries (default: rows)")
+    p.add_argument("--dsn", metavar="DSN", default="",
+                   help="store in PostgreSQL instead of --db, e.g. 'host=db1 dbname=gpuaudit "
+                   "user=gpuaudit' (libpq syntax; keep the password in ~/.pgpass or "
+                   "$PGPASSFILE, not here); several collectors may share one database")
     _add_log_level(p)
     add_tls_flags(p, "DIR/collector")
     add_config_flag(p)
@@ -143,7 +147,7 @@ def run_collector(args: argparse.Namespace) -> int:
         listen=args.listen, db=args.db, max_batch_events=args.max_batch_events,
         tls=tls, insecure=tls is None,
         node_rate_limit=args.node_rate_limit, node_rate_burst=args.node_rate_burst,
-        store=args.store,
+        store=args.store, dsn=args.dsn,
     )
     try:
         asyncio.run(serve(config))

@@ -40,7 +40,9 @@ from collector.ingest.rejections import WINDOW_S, Rejections
 from collector.ingest.servicer import IngestPolicy, IngestServicer
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.query.servicer import QueryServicer
+from collector.storage.base import Storage
 from collector.storage.chunks import ChunkStorage
+from collector.storage.postgres import PostgresStorage
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
 from gpuaudit.tls import TlsConfigError, TlsFiles
@@ -75,6 +77,7 @@ class CollectorConfig:
     node_rate_burst: int = 0                 # bucket size in events; 0 = two seconds' worth
     max_group_events: int = DEFAULT_MAX_GROUP_EVENTS  # most events per group commit
     store: str = "rows"                      # "rows" (row per event) or "chunks" (row per batch)
+    dsn: str = ""                            # PostgreSQL instead of the SQLite file `db`
 
 
 class StartupError(Exception):
@@ -87,7 +90,7 @@ class RunningCollector:
 
     host: str
     port: int
-    storage: SqliteStorage
+    storage: Storage
     watchdog: Watchdog
     server: grpc.aio.Server
     committer: GroupCommitter
@@ -139,7 +142,7 @@ class _Startup:
     config: CollectorConfig
     clock: Callable[[], int]
     stack: contextlib.AsyncExitStack
-    storage: SqliteStorage | None = None
+    storage: Storage | None = None
     watchdog: Watchdog | None = None
     committer: GroupCommitter | None = None
     rejections: Rejections | None = None
@@ -180,13 +183,19 @@ def is_loopback(host: str) -> bool:
 
 
 async def _open_storage(s: _Startup) -> None:
-    try:
-        store = STORES[s.config.store]
-        s.storage = store(s.config.db, clock=s.clock)
-    except Exception as err:
-        raise StartupError(
-            f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
-        ) from err
+    if s.config.dsn:
+        try:
+            s.storage = PostgresStorage(s.config.dsn, clock=s.clock)
+        except Exception as err:
+            raise StartupError(f"{err} (check --dsn and that the server runs)") from err
+    else:
+        try:
+            store = STORES[s.config.store]
+            s.storage = store(s.config.db, clock=s.clock)
+        except Exception as err:
+            raise StartupError(
+                f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
+            ) from err
     s.stack.callback(s.storage.close)
     s.watchdog = Watchdog(s.storage, clock=s.clock)
 

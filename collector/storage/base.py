@@ -106,6 +106,10 @@ class Storage(Protocol):
         """
         ...
 
+    def describe(self) -> str:
+        """Where the events are, for logs and ``StatusReply.db`` (no secrets)."""
+        ...
+
     def close(self) -> None:
         """Release the store; waits for a write in progress."""
         ...

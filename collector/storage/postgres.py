@@ -1,0 +1,329 @@
+"""PostgreSQL event store: the Storage interface for several collectors on one database.
+
+Same tables and answers as the SQLite row store (:mod:`collector.storage.sqlite`),
+with what sharing the database among collector processes needs:
+
+* **Dedup without reading first**: ``INSERT .. ON CONFLICT (node, boot_id,
+  seq) DO NOTHING RETURNING seq`` stores exactly the events not stored yet,
+  whichever collector got them first.
+* **One node's stream in order**: a transaction locks the ``nodes`` rows of
+  the nodes it writes (``SELECT .. FOR UPDATE``, in node-name order so two
+  collectors' groups never deadlock) before it looks at the highest seq
+  stored. Two collectors storing batches of the same node therefore take
+  turns, and the gap detection of one sees what the other committed.
+* **Own events**: each collector run has its own boot_id
+  (``collector-<run id>``), so the gap-free seq of its own stream never
+  competes with another collector's.
+
+Driver: psycopg 3 (the maintained PostgreSQL adapter, binary wheels with
+libpq); one connection writes, one reads, like the SQLite store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from collector.storage.base import (
+    DEFAULT_QUERY_LIMIT,
+    MAX_QUERY_LIMIT,
+    Heartbeat,
+    StorageError,
+    StoreResult,
+)
+from collector.storage.common import latest_health, own_counts, time_ns
+from collector.storage.gaps import gaps_in
+from collector.storage.own import OwnEvents
+from collector.storage.sqlite import _node_status as node_status
+from gpuaudit.v1 import collector_pb2, events_pb2
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS gpuaudit_meta (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      BIGSERIAL PRIMARY KEY,
+    node    TEXT   NOT NULL,
+    boot_id TEXT   NOT NULL,
+    seq     BIGINT NOT NULL,
+    type    TEXT   NOT NULL,
+    time_ns BIGINT NOT NULL,
+    pid     BIGINT,
+    uid     BIGINT,
+    body    BYTEA  NOT NULL,
+    UNIQUE (node, boot_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_time      ON events (time_ns, id);
+CREATE INDEX IF NOT EXISTS events_type_time ON events (type, time_ns);
+CREATE INDEX IF NOT EXISTS events_node_time ON events (node, time_ns);
+CREATE INDEX IF NOT EXISTS events_pid_time  ON events (pid, time_ns);
+CREATE INDEX IF NOT EXISTS events_uid_time  ON events (uid, time_ns);
+CREATE TABLE IF NOT EXISTS nodes (
+    node           TEXT    PRIMARY KEY,
+    boot_id        TEXT    NOT NULL,
+    latest_ns      BIGINT  NOT NULL,
+    last_seq       BIGINT  NOT NULL,
+    events_stored  BIGINT  NOT NULL,
+    heartbeat_ns   BIGINT,
+    received_ns    BIGINT,
+    interval_s     INTEGER NOT NULL DEFAULT 0,
+    health         BYTEA,
+    silent         INTEGER NOT NULL DEFAULT 0,
+    gaps           BIGINT  NOT NULL DEFAULT 0,
+    missing_events BIGINT  NOT NULL DEFAULT 0,
+    rejected       BIGINT  NOT NULL DEFAULT 0
+);
+"""
+
+# Every collector starting on an empty database runs this at once: the
+# advisory lock makes the CREATEs of one wait for the other's.
+_SCHEMA_LOCK = 0x67707561  # "gpua"
+
+_INSERT = (
+    "INSERT INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bytea[])"
+    " ON CONFLICT (node, boot_id, seq) DO NOTHING RETURNING seq"
+)
+_MAX_SEQ = "SELECT MAX(seq) FROM events WHERE node = %s AND boot_id = %s"
+# common.COUNT_OWN, with the column references PostgreSQL wants qualified
+_COUNT_OWN = """
+INSERT INTO nodes
+    (node, boot_id, latest_ns, last_seq, events_stored, gaps, missing_events, rejected)
+VALUES (%s, '', 0, 0, %s, %s, %s, %s)
+ON CONFLICT (node) DO UPDATE SET
+    events_stored  = nodes.events_stored  + excluded.events_stored,
+    gaps           = nodes.gaps           + excluded.gaps,
+    missing_events = nodes.missing_events + excluded.missing_events,
+    rejected       = nodes.rejected       + excluded.rejected
+"""
+
+
+class PostgresStorage:
+    """The :class:`~collector.storage.base.Storage` on a PostgreSQL database (``dsn``)."""
+
+    def __init__(self, dsn: str, clock: Callable[[], int] = time.time_ns,
+                 run_id: str | None = None) -> None:
+        import psycopg  # imported here: SQLite-only collectors need no driver
+
+        self._psycopg = psycopg
+        self.dsn = dsn
+        self._clock = clock
+        self._own = OwnEvents(run_id, clock)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            # autocommit + transaction(): every write is exactly one explicit transaction
+            self._w = psycopg.connect(dsn, autocommit=True)
+            self._r = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as err:
+            raise RuntimeError(f"cannot connect to PostgreSQL ({_safe_dsn(dsn)}): {err}") from None
+        self._init_schema()
+
+    def _init_schema(self) -> None:
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            cur.execute(_SCHEMA_V1)
+            cur.execute("SELECT value FROM gpuaudit_meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("INSERT INTO gpuaudit_meta VALUES ('schema_version', %s)",
+                            (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"PostgreSQL database {_safe_dsn(self.dsn)} has schema version {row[0]}, "
+                    f"this collector knows {SCHEMA_VERSION}; use a newer collector")
+
+    @property
+    def own(self) -> OwnEvents:
+        return self._own
+
+    def describe(self) -> str:
+        return f"postgresql:{_safe_dsn(self.dsn)}"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._write_lock, self._errors(), self._w.transaction(), self._w.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        with self._read_lock, self._errors(), self._r.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self._psycopg.Error as err:
+            raise StorageError(str(err).strip()) from err
+
+    # -- writes -------------------------------------------------------------
+
+    def store_batches(self, batches: Sequence[Sequence[events_pb2.Event]]) -> list[StoreResult]:
+        with self._transaction() as cur:
+            self._lock_nodes(cur, sorted({b[0].node for b in batches if b}))
+            return [self._store_one(cur, events) for events in batches]
+
+    def store_batch(self, events: Sequence[events_pb2.Event]) -> StoreResult:
+        return self.store_batches([events])[0]
+
+    def _lock_nodes(self, cur: Any, nodes: list[str]) -> None:
+        """Create missing node rows, then lock them all, in name order (no deadlocks)."""
+        if not nodes:
+            return
+        cur.execute(
+            "INSERT INTO nodes (node, boot_id, latest_ns, last_seq, events_stored)"
+            " SELECT unnest(%s::text[]), '', 0, 0, 0 ON CONFLICT (node) DO NOTHING", (nodes,))
+        cur.execute("SELECT node FROM nodes WHERE node = ANY(%s) ORDER BY node FOR UPDATE",
+                    (nodes,))
+
+    def _store_one(self, cur: Any, events: Sequence[events_pb2.Event]) -> StoreResult:
+        if not events:
+            return StoreResult(0, 0, 0)
+        first = events[0]
+        cur.execute(_MAX_SEQ, (first.node, first.boot_id))
+        prev = cur.fetchone()[0] or 0
+        cols: list[list[Any]] = [[] for _ in range(8)]
+        for ev in events:
+            for col, value in zip(cols, _row(ev), strict=True):
+                col.append(value)
+        cur.execute(_INSERT, cols)
+        stored = {seq for (seq,) in cur.fetchall()}
+        new = [ev for ev in events if ev.seq in stored]
+        acked = max(prev, events[-1].seq)
+        if new:
+            newest = max(time_ns(ev.time) for ev in new)
+            self._update_node(cur, first.node, first.boot_id, newest, acked, len(new))
+            health = latest_health(new)
+            if health is not None:
+                self._update_heartbeat(cur, health)
+            for gap in gaps_in(prev, new, self._own):
+                self._insert_own(cur, gap)
+        return StoreResult(len(new), len(events) - len(new), acked)
+
+    def _update_node(self, cur: Any, node: str, boot_id: str, newest: int, acked: int,
+                     stored: int) -> None:
+        cur.execute("SELECT boot_id, latest_ns FROM nodes WHERE node = %s", (node,))
+        current_boot, current_latest = cur.fetchone()
+        cur.execute("UPDATE nodes SET events_stored = events_stored + %s WHERE node = %s",
+                    (stored, node))
+        # as in the SQLite store: a replayed older agent run never becomes "latest" again
+        if current_boot == "" or boot_id == current_boot:
+            latest = max(current_latest, newest)
+        elif newest >= current_latest:
+            latest = newest
+        else:
+            return
+        cur.execute("UPDATE nodes SET boot_id = %s, latest_ns = %s, last_seq = %s WHERE node = %s",
+                    (boot_id, latest, acked, node))
+
+    def _update_heartbeat(self, cur: Any, health: events_pb2.Event) -> None:
+        cur.execute(
+            "UPDATE nodes SET heartbeat_ns = %s, received_ns = %s, interval_s = %s, health = %s,"
+            " silent = 0 WHERE node = %s AND (heartbeat_ns IS NULL OR heartbeat_ns < %s)",
+            (time_ns(health.time), self._clock(), health.agent_health.interval_s,
+             health.agent_health.SerializeToString(), health.node, time_ns(health.time)))
+
+    def _insert_own(self, cur: Any, event: events_pb2.Event) -> events_pb2.Event:
+        cur.execute(_MAX_SEQ, (event.node, event.boot_id))
+        event.seq = (cur.fetchone()[0] or 0) + 1
+        row = _row(event)
+        cur.execute("INSERT INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+        cur.execute(_COUNT_OWN, (event.node, 1, *own_counts(event)))
+        return event
+
+    def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
+        with self._transaction() as cur:
+            self._lock_nodes(cur, [event.node])
+            return self._insert_own(cur, event)
+
+    def mark_silent(self, event: events_pb2.Event, received_ns: int) -> events_pb2.Event | None:
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE nodes SET silent = 1 WHERE node = %s AND silent = 0 AND received_ns = %s",
+                (event.node, received_ns))
+            return self._insert_own(cur, event) if cur.rowcount else None
+
+    # -- reads --------------------------------------------------------------
+
+    def query(self, query: collector_pb2.EventQuery) -> list[events_pb2.Event]:
+        where, args = _where(query)
+        limit = min(query.limit or DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT)
+        order = "DESC" if query.newest else "ASC"
+        with self._reading() as cur:
+            cur.execute(f"SELECT body FROM events{where} ORDER BY time_ns {order}, id {order}"
+                        " LIMIT %s", [*args, limit])
+            rows = cur.fetchall()
+        if query.newest:
+            rows.reverse()
+        return [events_pb2.Event.FromString(bytes(body)) for (body,) in rows]
+
+    def status(self) -> collector_pb2.StatusReply:
+        with self._reading() as cur:
+            cur.execute(
+                "SELECT node, boot_id, last_seq, events_stored, heartbeat_ns, health, silent,"
+                " gaps, missing_events, rejected FROM nodes ORDER BY node")
+            rows = cur.fetchall()
+        reply = collector_pb2.StatusReply(db=self.describe())
+        for node, boot, last, stored, hb, health, silent, gaps, missing, rejected in rows:
+            blob = bytes(health) if health is not None else None
+            reply.nodes.append(node_status(node, boot, last, stored, hb, blob, silent, gaps,
+                                           missing, rejected))
+        reply.events_stored = sum(n.events_stored for n in reply.nodes)
+        return reply
+
+    def heartbeats(self) -> list[Heartbeat]:
+        with self._reading() as cur:
+            cur.execute("SELECT node, heartbeat_ns, received_ns, interval_s, silent FROM nodes"
+                        " WHERE heartbeat_ns IS NOT NULL ORDER BY node")
+            rows = cur.fetchall()
+        return [Heartbeat(n, hb, rx, iv, bool(s)) for n, hb, rx, iv, s in rows]
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._r.close()
+            self._w.close()
+
+
+def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
+    has_process = ev.HasField("process")
+    return (ev.node, ev.boot_id, ev.seq, ev.type, time_ns(ev.time),
+            ev.process.pid if has_process else None, ev.process.uid if has_process else None,
+            ev.SerializeToString())
+
+
+def _where(query: collector_pb2.EventQuery) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    args: list[object] = []
+    for column, values in (("type", query.types), ("node", query.nodes)):
+        if values:
+            clauses.append(f"{column} = ANY(%s)")
+            args.append(list(values))
+    for column in ("pid", "uid"):
+        if query.HasField(column):
+            clauses.append(f"{column} = %s")
+            args.append(getattr(query, column))
+    if query.HasField("since"):
+        clauses.append("time_ns >= %s")
+        args.append(time_ns(query.since))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _safe_dsn(dsn: str) -> str:
+    """``dsn`` without its password, for messages and StatusReply.db."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "<unparsable DSN>"
+    parts.pop("password", None)
+    return make_conninfo(**{k: str(v) for k, v in parts.items()})
