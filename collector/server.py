@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -36,9 +37,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.ingest.group import DEFAULT_MAX_GROUP_EVENTS, GroupCommitter
 from collector.ingest.ratelimit import NodeRateLimiter
+from collector.ingest.received import add_collector_service
 from collector.ingest.rejections import WINDOW_S, Rejections
 from collector.ingest.servicer import IngestPolicy, IngestServicer
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
+from collector.integrity.checkpoint import CheckpointWriter
+from collector.integrity.keys import CollectorKey
 from collector.query.servicer import QueryServicer
 from collector.storage.base import Storage
 from collector.storage.chunks import ChunkStorage
@@ -78,6 +82,9 @@ class CollectorConfig:
     max_group_events: int = DEFAULT_MAX_GROUP_EVENTS  # most events per group commit
     store: str = "rows"                      # "rows" (row per event) or "chunks" (row per batch)
     dsn: str = ""                            # PostgreSQL instead of the SQLite file `db`
+    signing_key: str = ""                    # Ed25519 key file; "": collector-signing.key by `db`
+    checkpoint_dir: str = ""                 # where signed checkpoints are also copied ("": none)
+    checkpoint_interval_s: float = 300.0     # 0: only at stop
 
 
 class StartupError(Exception):
@@ -149,6 +156,7 @@ class _Startup:
     server: grpc.aio.Server | None = None
     health: Any = field(default_factory=AsyncHealthServicer)
     port: int = 0
+    key: CollectorKey | None = None
 
 
 async def _check_transport(s: _Startup) -> None:
@@ -182,22 +190,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def signing_key_path(config: CollectorConfig) -> Path:
+    """The collector's key file: --signing-key, else next to the SQLite database."""
+    return Path(config.signing_key or Path(config.db).parent / "collector-signing.key")
+
+
+async def _load_key(s: _Startup) -> None:
+    path = signing_key_path(s.config)
+    try:
+        s.key = CollectorKey.load_or_create(path)
+    except (OSError, ValueError) as err:
+        raise StartupError(f"collector signing key {path}: {err} (pass --signing-key)") from err
+    log.info("signing key %s (public %s)", path, s.key.public_raw.hex())
+
+
 async def _open_storage(s: _Startup) -> None:
     if s.config.dsn:
         try:
-            s.storage = PostgresStorage(s.config.dsn, clock=s.clock)
+            s.storage = PostgresStorage(s.config.dsn, clock=s.clock, key=s.key)
         except Exception as err:
             raise StartupError(f"{err} (check --dsn and that the server runs)") from err
     else:
         try:
             store = STORES[s.config.store]
-            s.storage = store(s.config.db, clock=s.clock)
+            s.storage = store(s.config.db, clock=s.clock, key=s.key)
         except Exception as err:
             raise StartupError(
                 f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
             ) from err
     s.stack.callback(s.storage.close)
     s.watchdog = Watchdog(s.storage, clock=s.clock)
+
+
+async def _start_checkpoints(s: _Startup) -> None:
+    assert s.storage is not None and s.key is not None
+    copies = Path(s.config.checkpoint_dir) if s.config.checkpoint_dir else None
+    interval = s.config.checkpoint_interval_s or float("inf")
+    writer = CheckpointWriter(s.storage, s.key, copies, interval, s.clock)
+    if interval != float("inf"):
+        writer.start()
+    # registered after the storage: the last checkpoint is written before it closes
+    s.stack.callback(writer.close)
 
 
 async def _start_committer(s: _Startup) -> None:
@@ -227,7 +260,7 @@ async def _build_server(s: _Startup) -> None:
         IngestServicer(s.committer, _ingest_policy(s.config), s.rejections),
         QueryServicer(s.storage, tls=tls),
     )
-    collector_pb2_grpc.add_CollectorServicer_to_server(service, s.server)
+    add_collector_service(service, s.server)
     health_pb2_grpc.add_HealthServicer_to_server(s.health, s.server)
 
 
@@ -299,7 +332,9 @@ async def _flush_every(rejections: Rejections, period_s: float) -> None:
 
 STARTUP_STEPS: tuple[tuple[str, Callable[[_Startup], Awaitable[None]]], ...] = (
     ("check transport", _check_transport),
+    ("load signing key", _load_key),
     ("open storage", _open_storage),
+    ("start checkpoints", _start_checkpoints),
     ("start committer", _start_committer),
     ("build server", _build_server),
     ("bind", _bind),

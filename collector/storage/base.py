@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from collector.integrity.checkpoint import Checkpoint, Head
 from collector.storage.own import OwnEvents
 from gpuaudit.v1 import collector_pb2, events_pb2
 
@@ -104,6 +105,14 @@ class Storage(Protocol):
         between the watchdog's look and this call wins. Returns the stored
         event (with its seq), or None when it was not stored.
         """
+        ...
+
+    def chain_heads(self) -> dict[str, Head]:
+        """Each node's newest manifest id and chain value (collector.integrity)."""
+        ...
+
+    def store_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a signed checkpoint of the chain heads."""
         ...
 
     def describe(self) -> str:

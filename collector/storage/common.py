@@ -39,6 +39,16 @@ class Written(NamedTuple):
     """The newest event time (ns) among ``new``; 0 when ``new`` is empty."""
 
 
+def not_stored_pairs(
+    events: Sequence[events_pb2.Event], bodies: Sequence[bytes], stored: set[int]
+) -> tuple[Sequence[events_pb2.Event], Sequence[bytes]]:
+    """The events (and their bodies) of a batch whose seq is not in ``stored``."""
+    if not stored:
+        return events, bodies
+    keep = [i for i, ev in enumerate(events) if ev.seq not in stored]
+    return [events[i] for i in keep], [bodies[i] for i in keep]
+
+
 def time_ns(ts: Any) -> int:
     """A protobuf Timestamp as integer nanoseconds since the epoch."""
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from collector.integrity.checkpoint import Checkpoint, Head
+from collector.integrity.keys import CollectorKey
 from collector.storage.base import (
     DEFAULT_QUERY_LIMIT,
     MAX_QUERY_LIMIT,
@@ -34,13 +36,15 @@ from collector.storage.base import (
     StorageError,
     StoreResult,
 )
+from collector.storage.batch import ReceivedBatch, bodies_of
 from collector.storage.common import latest_health, own_counts, time_ns
 from collector.storage.gaps import gaps_in
+from collector.storage.manifests import MANIFEST_TABLES, POSTGRES_TYPES, ManifestWriter
 from collector.storage.own import OwnEvents
 from collector.storage.sqlite import _node_status as node_status
 from gpuaudit.v1 import collector_pb2, events_pb2
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS gpuaudit_meta (
@@ -109,13 +113,14 @@ class PostgresStorage:
     """The :class:`~collector.storage.base.Storage` on a PostgreSQL database (``dsn``)."""
 
     def __init__(self, dsn: str, clock: Callable[[], int] = time.time_ns,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, key: CollectorKey | None = None) -> None:
         import psycopg  # imported here: SQLite-only collectors need no driver
 
         self._psycopg = psycopg
         self.dsn = dsn
         self._clock = clock
         self._own = OwnEvents(run_id, clock)
+        self._manifests = ManifestWriter(key, clock, placeholder="%s")
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         try:
@@ -130,10 +135,12 @@ class PostgresStorage:
         with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur.execute(_SCHEMA_V1)
+            cur.execute(MANIFEST_TABLES.format(**POSTGRES_TYPES))
             cur.execute("SELECT value FROM gpuaudit_meta WHERE key = 'schema_version'")
             row = cur.fetchone()
-            if row is None:
-                cur.execute("INSERT INTO gpuaudit_meta VALUES ('schema_version', %s)",
+            if row is None or row[0] < SCHEMA_VERSION:  # every step above is idempotent
+                cur.execute("INSERT INTO gpuaudit_meta VALUES ('schema_version', %s)"
+                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                             (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -149,8 +156,12 @@ class PostgresStorage:
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self._write_lock, self._errors(), self._w.transaction(), self._w.cursor() as cur:
-            yield cur
+        try:
+            with self._write_lock, self._errors(), self._w.transaction(), self._w.cursor() as cur:
+                yield cur
+        except BaseException:
+            self._manifests.forget_cache()
+            raise
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -190,13 +201,17 @@ class PostgresStorage:
         first = events[0]
         cur.execute(_MAX_SEQ, (first.node, first.boot_id))
         prev = cur.fetchone()[0] or 0
+        bodies = bodies_of(events)
         cols: list[list[Any]] = [[] for _ in range(8)]
-        for ev in events:
-            for col, value in zip(cols, _row(ev), strict=True):
+        for ev, body in zip(events, bodies, strict=True):
+            for col, value in zip(cols, _row(ev, body), strict=True):
                 col.append(value)
         cur.execute(_INSERT, cols)
         stored = {seq for (seq,) in cur.fetchall()}
         new = [ev for ev in events if ev.seq in stored]
+        signature = events.signature if isinstance(events, ReceivedBatch) else None
+        cert = events.cert_der if isinstance(events, ReceivedBatch) else b""
+        self._manifests.record_batch(cur, events, bodies, signature, cert)
         acked = max(prev, events[-1].seq)
         if new:
             newest = max(time_ns(ev.time) for ev in new)
@@ -234,9 +249,10 @@ class PostgresStorage:
     def _insert_own(self, cur: Any, event: events_pb2.Event) -> events_pb2.Event:
         cur.execute(_MAX_SEQ, (event.node, event.boot_id))
         event.seq = (cur.fetchone()[0] or 0) + 1
-        row = _row(event)
+        body = event.SerializeToString()
         cur.execute("INSERT INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", _row(event, body))
+        self._manifests.record_own(cur, event.node, event.boot_id, event.seq, body)
         cur.execute(_COUNT_OWN, (event.node, 1, *own_counts(event)))
         return event
 
@@ -287,17 +303,38 @@ class PostgresStorage:
             rows = cur.fetchall()
         return [Heartbeat(n, hb, rx, iv, bool(s)) for n, hb, rx, iv, s in rows]
 
+    # -- tamper evidence (collector.integrity) ---------------------------------
+
+    def chain_heads(self) -> dict[str, Head]:
+        """Each node's newest manifest id and chain value."""
+        with self._reading() as cur:
+            cur.execute(_CHAIN_HEADS)
+            return {node: Head(mid, bytes(chain)) for node, mid, chain in cur.fetchall()}
+
+    def store_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._transaction() as cur:
+            cur.execute(_STORE_CHECKPOINT,
+                        (checkpoint.time_ns, checkpoint.body, checkpoint.signature))
+
     def close(self) -> None:
         with self._write_lock, self._read_lock:
             self._r.close()
             self._w.close()
 
 
-def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
+# Each node's newest manifest and its chain value, read in one statement (one snapshot).
+_CHAIN_HEADS = (
+    "SELECT m.node, m.id, m.chain FROM manifests m JOIN"
+    " (SELECT node, MAX(id) AS id FROM manifests GROUP BY node) newest ON m.id = newest.id"
+)
+_STORE_CHECKPOINT = "INSERT INTO checkpoints (time_ns, body, signature) VALUES (%s, %s, %s)"
+
+
+def _row(ev: events_pb2.Event, body: bytes) -> tuple[Any, ...]:
     has_process = ev.HasField("process")
     return (ev.node, ev.boot_id, ev.seq, ev.type, time_ns(ev.time),
             ev.process.pid if has_process else None, ev.process.uid if has_process else None,
-            ev.SerializeToString())
+            body)
 
 
 def _where(query: collector_pb2.EventQuery) -> tuple[str, list[object]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+from collector.storage.manifests import MANIFEST_TABLES, SQLITE_TYPES
+
+SCHEMA_VERSION = 3
 
 CHUNK_VERSION_BASE = 1000
 """Chunk-store files (:mod:`collector.storage.chunks`) count ``user_version`` from here."""
@@ -61,7 +63,11 @@ ALTER TABLE nodes ADD COLUMN missing_events INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN rejected       INTEGER NOT NULL DEFAULT 0;
 """
 
-_UPGRADES = {1: _V1, 2: _V2}
+# Version 3 (issue #8): batch manifests, their per-node chain, the keys that
+# signed them, and the collector's signed checkpoints (collector.integrity).
+_V3 = MANIFEST_TABLES.format(**SQLITE_TYPES)
+
+_UPGRADES = {1: _V1, 2: _V2, 3: _V3}
 """Script that takes a file from version N-1 to N (0: empty file)."""
 
 

@@ -10,21 +10,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from collector.integrity.checkpoint import Checkpoint, Head
+from collector.integrity.keys import CollectorKey
 from collector.storage.base import (
     DEFAULT_QUERY_LIMIT,
     MAX_QUERY_LIMIT,
     Heartbeat,
     StoreResult,
 )
+from collector.storage.batch import ReceivedBatch, bodies_of
 from collector.storage.common import (
     COUNT_OWN,
     Written,
     as_storage_error,
     latest_health,
+    not_stored_pairs,
     own_counts,
     time_ns,
 )
 from collector.storage.gaps import gaps_in
+from collector.storage.manifests import ManifestWriter
 from collector.storage.own import OwnEvents
 from collector.storage.schema import init_schema
 from gpuaudit.v1 import collector_pb2, events_pb2
@@ -34,10 +39,16 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _MAX_SEQ = "SELECT MAX(seq) FROM events WHERE node = ? AND boot_id = ?"
+# Each node's newest manifest and its chain value, read in one statement (one snapshot).
+_CHAIN_HEADS = (
+    "SELECT m.node, m.id, m.chain FROM manifests m JOIN"
+    " (SELECT node, MAX(id) AS id FROM manifests GROUP BY node) newest ON m.id = newest.id"
+)
+_STORE_CHECKPOINT = "INSERT INTO checkpoints (time_ns, body, signature) VALUES (?, ?, ?)"
 _SEQS_BETWEEN = "SELECT seq FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN ? AND ?"
 
 
-def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
+def _row(ev: events_pb2.Event, body: bytes) -> tuple[Any, ...]:
     # The hot path (every stored event): each attribute read is a C call, so
     # read each once.
     t = ev.time
@@ -50,7 +61,7 @@ def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
         pid = uid = None
     return (
         ev.node, ev.boot_id, ev.seq, ev.type, t.seconds * 1_000_000_000 + t.nanos, pid, uid,
-        ev.SerializeToString(),
+        body,
     )  # fmt: skip
 
 
@@ -73,6 +84,7 @@ class SqliteStorage:
         path: str | Path,
         clock: Callable[[], int] = time.time_ns,
         run_id: str | None = None,
+        key: CollectorKey | None = None,
     ) -> None:
         """Open (creating it and its parent directories if needed) the store at ``path``.
 
@@ -80,10 +92,13 @@ class SqliteStorage:
         of heartbeats, which the watchdog compares with its own clock, and the
         collector's own events. ``run_id`` names this collector run in their
         boot_id (random when None).
+. ``key`` signs the manifests of the collector's own
+        events (None: they are recorded unsigned).
         """
         self.path = Path(path)
         self._clock = clock
         self._own = OwnEvents(run_id, clock)
+        self._manifests = ManifestWriter(key, clock)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -145,6 +160,7 @@ class SqliteStorage:
                 yield self._w
             except BaseException:
                 self._w.execute("ROLLBACK")
+                self._manifests.forget_cache()
                 raise
             self._w.execute("COMMIT")
 
@@ -177,17 +193,25 @@ class SqliteStorage:
     def _store_one(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> StoreResult:
         if not events:
             return StoreResult(0, 0, 0)
-        written = self._write_new(db, events)
+        bodies = bodies_of(events)
+        written = self._write_new(db, events, bodies)
+        signature = events.signature if isinstance(events, ReceivedBatch) else None
+        cert = events.cert_der if isinstance(events, ReceivedBatch) else b""
+        self._manifests.record_batch(db, events, bodies, signature, cert)
         acked_seq = max(written.prev, events[-1].seq)
         if written.new:
             self._account(db, written, acked_seq)
         return StoreResult(len(written.new), len(events) - len(written.new), acked_seq)
 
-    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> Written:
-        """Layout hook: write the events of one non-empty batch not stored yet."""
+    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event],
+                   bodies: Sequence[bytes]) -> Written:
+        """Layout hook: write the events of one non-empty batch not stored yet.
+
+        ``bodies[i]`` is the stored form of ``events[i]`` (its bytes as received).
+        """
         prev = db.execute(_MAX_SEQ, (events[0].node, events[0].boot_id)).fetchone()[0] or 0
-        new = _not_stored(db, events, prev)
-        rows = [_row(ev) for ev in new]
+        new, new_bodies = not_stored_pairs(events, bodies, _stored_seqs(db, events, prev))
+        rows = [_row(ev, body) for ev, body in zip(new, new_bodies, strict=True)]
         db.executemany(_INSERT, rows)
         return Written(prev, new, max((row[4] for row in rows), default=0))
 
@@ -255,7 +279,9 @@ class SqliteStorage:
         # Taken inside the transaction: gap-free, and shared by every kind of own event.
         prev = db.execute(_MAX_SEQ, (event.node, event.boot_id)).fetchone()[0] or 0
         event.seq = prev + 1
-        db.execute(_INSERT, _row(event))
+        body = event.SerializeToString()
+        db.execute(_INSERT, _row(event, body))
+        self._manifests.record_own(db, event.node, event.boot_id, event.seq, body)
 
     def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
         """Store a collector-raised event with the next free seq; see :class:`Storage`."""
@@ -310,6 +336,17 @@ class SqliteStorage:
         )
         return [Heartbeat(n, hb, rx, iv, bool(s)) for n, hb, rx, iv, s in rows]
 
+    # -- tamper evidence (collector.integrity) ---------------------------------
+
+    def chain_heads(self) -> dict[str, Head]:
+        """Each node's newest manifest id and chain value."""
+        return {node: Head(mid, bytes(chain)) for node, mid, chain in self._read(_CHAIN_HEADS)}
+
+    def store_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._transaction() as db:
+            db.execute(_STORE_CHECKPOINT,
+                       (checkpoint.time_ns, checkpoint.body, checkpoint.signature))
+
     def close(self) -> None:
         """Close both connections once any write or read in progress is done."""
         with self._write_lock, self._read_lock:
@@ -317,19 +354,18 @@ class SqliteStorage:
             self._w.close()
 
 
-def _not_stored(
+def _stored_seqs(
     db: sqlite3.Connection, events: Sequence[events_pb2.Event], prev: int
-) -> Sequence[events_pb2.Event]:
-    """The events of one batch not yet stored; ``prev`` is the highest seq stored."""
+) -> set[int]:
+    """The seqs of one batch already stored; ``prev`` is the highest seq stored."""
     first = events[0]
     if first.seq > prev:
-        return events  # nothing above prev is stored: the usual, replay-free case
-    stored = {
+        return set()  # nothing above prev is stored: the usual, replay-free case
+    return {
         seq for (seq,) in db.execute(
             _SEQS_BETWEEN, (first.node, first.boot_id, first.seq, min(prev, events[-1].seq))
         )
     }  # fmt: skip
-    return [ev for ev in events if ev.seq not in stored]
 
 
 def _where(query: collector_pb2.EventQuery) -> tuple[str, list[object]]:
