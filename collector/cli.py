@@ -144,6 +144,9 @@ def _add_collector(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-interval", metavar="SECONDS", type=not_negative(float),
                    default=300.0, help="sign a checkpoint this often; 0 = only at stop "
                    "(default: 300)")
+    p.add_argument("--retention-days", metavar="DAYS", type=not_negative(float), default=365.0,
+                   help="remove batches received longer ago than this, hourly, leaving a "
+                   "signed checkpoint at the cut; 0 = keep everything (default: 365)")
     _add_log_level(p)
     add_tls_flags(p, "DIR/collector")
     add_config_flag(p)
@@ -160,6 +163,7 @@ def run_collector(args: argparse.Namespace) -> int:
         node_rate_limit=args.node_rate_limit, node_rate_burst=args.node_rate_burst,
         store=args.store, dsn=args.dsn, signing_key=args.signing_key,
         checkpoint_dir=args.checkpoint_dir, checkpoint_interval_s=args.checkpoint_interval,
+        retention_days=args.retention_days,
     )
     try:
         asyncio.run(serve(config))

@@ -44,6 +44,7 @@ from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.integrity.checkpoint import CheckpointWriter
 from collector.integrity.keys import CollectorKey
 from collector.query.servicer import QueryServicer
+from collector.retention import Retention
 from collector.storage.base import Storage
 from collector.storage.chunks import ChunkStorage
 from collector.storage.postgres import PostgresStorage
@@ -60,6 +61,9 @@ AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-define
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "/var/lib/gpuaudit/events.db"
 MiB = 1024 * 1024
+
+RETENTION_EVERY_S = 3600.0
+"""How often retention looks for batches past their age (and once at start)."""
 
 STORES: dict[str, type[SqliteStorage]] = {"rows": SqliteStorage, "chunks": ChunkStorage}
 """Storage layouts (README, "Storage layouts"): same API, same answers, different costs."""
@@ -85,6 +89,7 @@ class CollectorConfig:
     signing_key: str = ""                    # Ed25519 key file; "": collector-signing.key by `db`
     checkpoint_dir: str = ""                 # where signed checkpoints are also copied ("": none)
     checkpoint_interval_s: float = 300.0     # 0: only at stop
+    retention_days: float = 365.0            # 0: keep everything
 
 
 class StartupError(Exception):
@@ -231,6 +236,11 @@ async def _start_checkpoints(s: _Startup) -> None:
         writer.start()
     # registered after the storage: the last checkpoint is written before it closes
     s.stack.callback(writer.close)
+    if s.config.retention_days > 0:
+        retention = Retention(s.storage, writer, s.config.retention_days, RETENTION_EVERY_S,
+                              s.clock)
+        retention.start()
+        s.stack.callback(retention.close)
 
 
 async def _start_committer(s: _Startup) -> None:

@@ -49,8 +49,11 @@ class Checkpoint:
         return dict(json.loads(self.body))
 
     def heads(self) -> dict[str, Head]:
-        return {node: Head(int(h["manifest_id"]), bytes.fromhex(h["chain"]))
-                for node, h in self.parsed()["heads"].items()}
+        return _heads(self.parsed()["heads"])
+
+    def bases(self) -> dict[str, Head]:
+        """Chain bases after retention (the newest removed manifest per node)."""
+        return _heads(self.parsed().get("bases", {}))
 
     def signed_by(self) -> bytes:
         return bytes.fromhex(self.parsed()["collector_key"])
@@ -73,14 +76,25 @@ class Checkpoint:
 
 
 def make_checkpoint(key: CollectorKey, time_ns: int, heads: dict[str, Head],
+                    bases: dict[str, Head] | None = None,
                     pruned_before_ns: int = 0) -> Checkpoint:
     body = json.dumps({
         "version": 1, "time_ns": time_ns, "collector_key": key.public_raw.hex(),
-        "heads": {n: {"manifest_id": h.manifest_id, "chain": h.chain.hex()}
-                  for n, h in sorted(heads.items())},
+        "heads": _heads_json(heads),
+        "bases": _heads_json(bases or {}),
         "pruned_before_ns": pruned_before_ns,
     }, sort_keys=True, separators=(",", ":")).encode()
     return Checkpoint(time_ns, body, key.sign(body))
+
+
+def _heads_json(heads: dict[str, Head]) -> dict[str, dict[str, Any]]:
+    return {n: {"manifest_id": h.manifest_id, "chain": h.chain.hex()}
+            for n, h in sorted(heads.items())}
+
+
+def _heads(data: dict[str, Any]) -> dict[str, Head]:
+    return {node: Head(int(h["manifest_id"]), bytes.fromhex(h["chain"]))
+            for node, h in data.items()}
 
 
 def read_copies(directory: Path) -> list[Checkpoint]:
@@ -102,6 +116,8 @@ class CheckpointStore(Protocol):
 
     def chain_heads(self) -> dict[str, Head]: ...
 
+    def chain_bases(self) -> dict[str, Head]: ...
+
     def store_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
 
@@ -120,10 +136,11 @@ class CheckpointWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def write_now(self) -> Checkpoint | None:
+    def write_now(self, pruned_before_ns: int = 0) -> Checkpoint | None:
         """One checkpoint now; None (logged, counted) when it could not be stored."""
         try:
-            cp = make_checkpoint(self._key, self._clock(), self._store.chain_heads())
+            cp = make_checkpoint(self._key, self._clock(), self._store.chain_heads(),
+                                 self._store.chain_bases(), pruned_before_ns)
             self._store.store_checkpoint(cp)
             if self._copy_dir is not None:
                 _append_copy(self._copy_dir, cp)

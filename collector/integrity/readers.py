@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from collector.integrity.chain import Manifest
-from collector.integrity.checkpoint import Checkpoint
+from collector.integrity.checkpoint import Checkpoint, Head
 from collector.storage.schema import CHUNK_VERSION_BASE
 from gpuaudit.integrity import event_bodies
 from gpuaudit.v1 import events_pb2
@@ -44,6 +44,7 @@ class StoreReader(Protocol):
     def events(self, node: str) -> Iterator[StoredEvent]: ...
     def signers(self) -> dict[bytes, tuple[str, bytes]]: ...
     def checkpoints(self) -> list[Checkpoint]: ...
+    def chain_bases(self) -> dict[str, Head]: ...
     def close(self) -> None: ...
 
 
@@ -77,6 +78,10 @@ class _SqlReader:
     def checkpoints(self) -> list[Checkpoint]:
         return [Checkpoint(t, bytes(b), bytes(s)) for t, b, s in
                 self._all("SELECT time_ns, body, signature FROM checkpoints ORDER BY id")]
+
+    def chain_bases(self) -> dict[str, Head]:
+        return {n: Head(i, bytes(c)) for n, i, c in
+                self._all("SELECT node, manifest_id, chain FROM chain_bases")}
 
     def events(self, node: str) -> Iterator[StoredEvent]:
         for i, boot, seq, t, body in self._all(

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from collector.integrity.chain import chain_seed, next_chain
-from collector.integrity.checkpoint import Checkpoint
+from collector.integrity.checkpoint import Checkpoint, Head
 from collector.integrity.keys import public_key
 from collector.integrity.readers import StoredManifest, StoreReader
 from collector.storage.own import BOOT_ID_PREFIX
@@ -108,24 +108,47 @@ def verify(reader: StoreReader, trust: Trust, since_ns: int = 0) -> Report:
     report = Report(anchored=bool(trust.ca_certs))
     signers = reader.signers()
     stored_cps = reader.checkpoints()
+    trusted = _trusted_keys(trust)
+    # an unvouched base is reported once; the chain after it is still checked from it
+    bases = reader.chain_bases()
+    _check_bases(bases, [*stored_cps, *trust.checkpoint_copies], trusted, report)
     chains: dict[str, dict[int, bytes]] = {}
     for node in reader.nodes():
         manifests = reader.manifests(node)
-        chains[node] = _check_chain(node, manifests, report)
+        chains[node] = _check_chain(node, manifests, bases.get(node), report)
         valid = [m for m in manifests if _check_signature(m, signers, trust, report)]
         report.manifests_checked += len(manifests)
-        _check_events(node, valid, reader, since_ns, report)
-    _check_checkpoints(stored_cps, trust, chains, report)
+        _check_events(node, valid, reader, since_ns, node in bases, report)
+    _check_checkpoints(stored_cps, trust, trusted, chains, bases, report)
     return report
+
+
+def _trusted_keys(trust: Trust) -> set[bytes] | None:
+    """Collector keys to trust: given, else those of the copies kept elsewhere, else any."""
+    return trust.collector_keys or {c.signed_by() for c in trust.checkpoint_copies} or None
+
+
+def _check_bases(bases: dict[str, Head], checkpoints: Sequence[Checkpoint],
+                 trusted: set[bytes] | None, report: Report) -> None:
+    """Every chain base retention left must be vouched for by a valid checkpoint."""
+    vouched: set[tuple[str, int, bytes]] = set()
+    for cp in checkpoints:
+        if cp.valid(trusted):
+            vouched |= {(n, h.manifest_id, h.chain) for n, h in cp.bases().items()}
+    for node, head in sorted(bases.items()):
+        if (node, head.manifest_id, head.chain) not in vouched:
+            report.problems.append(Problem("chain_broken", node, detail=(
+                f"chain base (manifest id {head.manifest_id}) is vouched for by no "
+                "checkpoint: history before it was removed outside retention")))
 
 
 # -- 1. chain -------------------------------------------------------------------
 
 
-def _check_chain(node: str, manifests: Sequence[StoredManifest],
+def _check_chain(node: str, manifests: Sequence[StoredManifest], base: Head | None,
                  report: Report) -> dict[int, bytes]:
     """Recomputed chain value after each manifest id; reports the first break."""
-    value = chain_seed(node)
+    value = base.chain if base is not None else chain_seed(node)
     out: dict[int, bytes] = {}
     broken = False
     for m in manifests:
@@ -143,9 +166,9 @@ def _check_chain(node: str, manifests: Sequence[StoredManifest],
 # -- 2. checkpoints -------------------------------------------------------------
 
 
-def _check_checkpoints(stored: list[Checkpoint], trust: Trust,
-                       chains: dict[str, dict[int, bytes]], report: Report) -> None:
-    trusted = trust.collector_keys or {c.signed_by() for c in trust.checkpoint_copies} or None
+def _check_checkpoints(stored: list[Checkpoint], trust: Trust, trusted: set[bytes] | None,
+                       chains: dict[str, dict[int, bytes]], bases: dict[str, Head],
+                       report: Report) -> None:
     in_db = {c.body for c in stored}
     for cp in trust.checkpoint_copies:
         if cp.body not in in_db:
@@ -162,6 +185,9 @@ def _check_checkpoints(stored: list[Checkpoint], trust: Trust,
                 f"checkpoint of time_ns {cp.time_ns}: signature invalid or key not trusted")))
             continue
         for node, head in cp.heads().items():
+            base = bases.get(node)
+            if base is not None and head.manifest_id <= base.manifest_id:
+                continue  # vouched for history that retention has since removed
             recomputed = chains.get(node, {}).get(head.manifest_id)
             if recomputed != head.chain:
                 report.problems.append(Problem("checkpoint_mismatch", node, detail=(
@@ -227,7 +253,7 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def _check_events(node: str, manifests: Sequence[StoredManifest], reader: StoreReader,
-                  since_ns: int, report: Report) -> None:
+                  since_ns: int, pruned: bool, report: Report) -> None:
     expected: dict[tuple[str, int], set[bytes]] = defaultdict(set)
     unsigned: set[tuple[str, int]] = set()
     for m in manifests:
@@ -256,11 +282,15 @@ def _check_events(node: str, manifests: Sequence[StoredManifest], reader: StoreR
     report.problems += [Problem("deleted", node, b, lo, hi, "in a manifest, not in the store")
                         for b, lo, hi in _ranges(deleted)]
     report.problems += [Problem("missing", node, b, lo, hi, "never received")
-                        for b, lo, hi in _holes(set(expected) | stored)]
+                        for b, lo, hi in _holes(set(expected) | stored, pruned)]
 
 
-def _holes(held: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """(run, first, last) of the seqs below each agent run's highest that nothing holds."""
+def _holes(held: Iterable[tuple[str, int]], pruned: bool) -> list[tuple[str, int, int]]:
+    """(run, first, last) of the seqs below each agent run's highest that nothing holds.
+
+    After retention (``pruned``) a run's oldest seqs are gone by design: holes
+    are counted from its lowest seq still held.
+    """
     by_run: dict[str, list[int]] = defaultdict(list)
     for boot, seq in held:
         by_run[boot].append(seq)
@@ -268,8 +298,9 @@ def _holes(held: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
     for boot, seqs in sorted(by_run.items()):
         if boot.startswith(BOOT_ID_PREFIX):
             continue  # the collector's own stream: gap-free by construction
-        prev = 0
-        for seq in sorted(seqs):
+        ordered = sorted(seqs)
+        prev = ordered[0] - 1 if pruned else 0
+        for seq in ordered:
             if seq > prev + 1:
                 out.append((boot, prev + 1, seq - 1))
             prev = seq

@@ -12,6 +12,7 @@ from typing import NamedTuple, Protocol
 
 from collector.integrity.checkpoint import Checkpoint, Head
 from collector.storage.own import OwnEvents
+from collector.storage.retention import Pruned
 from gpuaudit.v1 import collector_pb2, events_pb2
 
 DEFAULT_QUERY_LIMIT = 100
@@ -113,6 +114,14 @@ class Storage(Protocol):
 
     def store_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Store a signed checkpoint of the chain heads."""
+        ...
+
+    def chain_bases(self) -> dict[str, Head]:
+        """Per node, the newest manifest retention removed (the chain continues from it)."""
+        ...
+
+    def prune(self, cut_ns: int, limit: int = ...) -> Pruned:
+        """Remove up to ``limit`` of the oldest batches received before ``cut_ns``."""
         ...
 
     def describe(self) -> str:

@@ -160,6 +160,33 @@ class ChunkStorage(SqliteStorage):
         self._insert_chunk(db, [event], [body], span)
         self._manifests.record_own(db, event.node, event.boot_id, event.seq, body)
 
+    def _delete_events(self, db: sqlite3.Connection, node: str, boot_id: str, first: int,
+                       last: int) -> int:
+        """Remove the chunks of one run's seq range (a batch's new events are one chunk)."""
+        chunks = db.execute("SELECT id, count FROM chunks WHERE node = ? AND boot_id = ? AND"
+                            " first_seq >= ? AND last_seq <= ?",
+                            (node, boot_id, first, last)).fetchall()
+        return self._drop_chunks(db, chunks)
+
+    def _delete_unmanifested(self, db: sqlite3.Connection, cut_ns: int) -> int:
+        chunks = db.execute(
+            "SELECT id, count FROM chunks c WHERE max_time_ns < ? AND NOT EXISTS (SELECT 1"
+            " FROM manifests m WHERE m.node = c.node AND m.boot_id = c.boot_id)",
+            (cut_ns,)).fetchall()
+        return self._drop_chunks(db, chunks)
+
+    @staticmethod
+    def _drop_chunks(db: sqlite3.Connection, chunks: list[tuple[int, int]]) -> int:
+        ids = [chunk for chunk, _ in chunks]
+        for i in range(0, len(ids), 500):
+            # chunk_keys has no index on chunk alone (ingest would pay for it on
+            # every chunk): one scan per 500 chunks, not one per chunk
+            part = ids[i:i + 500]
+            marks = ", ".join("?" * len(part))
+            db.execute(f"DELETE FROM chunk_keys WHERE chunk IN ({marks})", part)
+            db.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)
+        return sum(count for _, count in chunks)
+
     # -- reads ----------------------------------------------------------------
 
     def query(self, query: collector_pb2.EventQuery) -> list[events_pb2.Event]:

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS signers (
     kind   TEXT   NOT NULL,
     data   {blob} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chain_bases (
+    node        TEXT   PRIMARY KEY,
+    manifest_id BIGINT NOT NULL,
+    chain       {blob} NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     id        {id},
     time_ns   BIGINT NOT NULL,
@@ -48,7 +53,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 """``signers``: kind "node_cert" (data = certificate DER) or "collector" (raw
-Ed25519 public key); ``sha256`` is what manifests name as ``signer``."""
+Ed25519 public key); ``sha256`` is what manifests name as ``signer``.
+``chain_bases``: per node, the newest manifest retention removed, with its chain
+value: the remaining chain continues from it (a signed checkpoint lists it)."""
 
 SQLITE_TYPES = {"id": "INTEGER PRIMARY KEY", "blob": "BLOB"}
 POSTGRES_TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"}

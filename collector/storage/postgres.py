@@ -41,6 +41,13 @@ from collector.storage.common import latest_health, own_counts, time_ns
 from collector.storage.gaps import gaps_in
 from collector.storage.manifests import MANIFEST_TABLES, POSTGRES_TYPES, ManifestWriter
 from collector.storage.own import OwnEvents
+from collector.storage.retention import (
+    PRUNE_BATCH,
+    UNMANIFESTED_BEFORE,
+    Pruned,
+    chain_bases,
+    prune_batch,
+)
 from collector.storage.sqlite import _node_status as node_status
 from gpuaudit.v1 import collector_pb2, events_pb2
 
@@ -316,6 +323,17 @@ class PostgresStorage:
             cur.execute(_STORE_CHECKPOINT,
                         (checkpoint.time_ns, checkpoint.body, checkpoint.signature))
 
+    def chain_bases(self) -> dict[str, Head]:
+        with self._reading() as cur:
+            return chain_bases(cur, _pg)
+
+    def prune(self, cut_ns: int, limit: int = PRUNE_BATCH) -> Pruned:
+        with self._transaction() as cur:
+            pruned = prune_batch(cur, _pg, cut_ns, _delete_events, limit)
+            if pruned.manifests < limit:
+                pruned.events += cur.execute(_pg(UNMANIFESTED_BEFORE), (cut_ns,)).rowcount
+            return pruned
+
     def close(self) -> None:
         with self._write_lock, self._read_lock:
             self._r.close()
@@ -328,6 +346,15 @@ _CHAIN_HEADS = (
     " (SELECT node, MAX(id) AS id FROM manifests GROUP BY node) newest ON m.id = newest.id"
 )
 _STORE_CHECKPOINT = "INSERT INTO checkpoints (time_ns, body, signature) VALUES (%s, %s, %s)"
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+def _delete_events(cur: Any, node: str, boot_id: str, first: int, last: int) -> int:
+    return int(cur.execute("DELETE FROM events WHERE node = %s AND boot_id = %s AND seq"
+                           " BETWEEN %s AND %s", (node, boot_id, first, last)).rowcount)
 
 
 def _row(ev: events_pb2.Event, body: bytes) -> tuple[Any, ...]:

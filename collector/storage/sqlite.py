@@ -31,6 +31,13 @@ from collector.storage.common import (
 from collector.storage.gaps import gaps_in
 from collector.storage.manifests import ManifestWriter
 from collector.storage.own import OwnEvents
+from collector.storage.retention import (
+    PRUNE_BATCH,
+    UNMANIFESTED_BEFORE,
+    Pruned,
+    chain_bases,
+    prune_batch,
+)
 from collector.storage.schema import init_schema
 from gpuaudit.v1 import collector_pb2, events_pb2
 
@@ -46,6 +53,10 @@ _CHAIN_HEADS = (
 )
 _STORE_CHECKPOINT = "INSERT INTO checkpoints (time_ns, body, signature) VALUES (?, ?, ?)"
 _SEQS_BETWEEN = "SELECT seq FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN ? AND ?"
+
+
+def _as_is(sql: str) -> str:
+    return sql
 
 
 def _row(ev: events_pb2.Event, body: bytes) -> tuple[Any, ...]:
@@ -346,6 +357,29 @@ class SqliteStorage:
         with self._transaction() as db:
             db.execute(_STORE_CHECKPOINT,
                        (checkpoint.time_ns, checkpoint.body, checkpoint.signature))
+
+    def chain_bases(self) -> dict[str, Head]:
+        """Per node, the newest manifest retention removed (the chain continues from it)."""
+        with self._reading() as db:
+            return chain_bases(db, _as_is)
+
+    def prune(self, cut_ns: int, limit: int = PRUNE_BATCH) -> Pruned:
+        """Remove up to ``limit`` of the oldest batches stored before ``cut_ns`` (retention)."""
+        with self._transaction() as db:
+            pruned = prune_batch(db, _as_is, cut_ns, self._delete_events, limit)
+            if pruned.manifests < limit:  # the manifested part is done: older, unsigned data
+                pruned.events += self._delete_unmanifested(db, cut_ns)
+            return pruned
+
+    def _delete_events(self, db: sqlite3.Connection, node: str, boot_id: str, first: int,
+                       last: int) -> int:
+        """Layout hook: remove the stored events of one run's seq range."""
+        return db.execute("DELETE FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN"
+                          " ? AND ?", (node, boot_id, first, last)).rowcount
+
+    def _delete_unmanifested(self, db: sqlite3.Connection, cut_ns: int) -> int:
+        """Layout hook: remove events older than ``cut_ns`` of runs without manifests."""
+        return db.execute(UNMANIFESTED_BEFORE, (cut_ns,)).rowcount
 
     def close(self) -> None:
         """Close both connections once any write or read in progress is done."""

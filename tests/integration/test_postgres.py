@@ -117,3 +117,28 @@ def test_two_collectors_share_one_database(server: PgServer, pki: TestPki,
     finally:
         a.stop()
         b.stop()
+
+
+def test_verify_and_retention_work_on_postgres(server: PgServer, tmp_path: Path) -> None:
+    from collector.integrity.checkpoint import CheckpointWriter, read_copies
+    from collector.integrity.keys import CollectorKey
+    from collector.integrity.readers import PostgresReader
+    from collector.integrity.verify import Trust, verify
+    from collector.retention import Retention
+    from tests.unit.test_retention import three_days
+
+    clock = FakeClock()
+    key = CollectorKey.load_or_create(tmp_path / "key")
+    dsn = server.create_db("retention")
+    store = PostgresStorage(dsn, clock=clock, run_id="r", key=key)
+    writer = CheckpointWriter(store, key, tmp_path / "copies", 3600, clock)
+    three_days(store, clock)  # type: ignore[arg-type]
+    assert Retention(store, writer, days=2.5, every_s=3600, clock=clock).run_once() == 10
+    store.close()
+    reader = PostgresReader(dsn)
+    try:
+        report = verify(reader, Trust(checkpoint_copies=read_copies(tmp_path / "copies")))
+    finally:
+        reader.close()
+    assert report.ok and report.events_checked == 20, [p.line() for p in report.problems]
+    assert report.unsigned_events == 20  # stored without a node signature: chained only
