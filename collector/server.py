@@ -205,7 +205,12 @@ async def _load_key(s: _Startup) -> None:
     try:
         s.key = CollectorKey.load_or_create(path)
     except (OSError, ValueError) as err:
-        raise StartupError(f"collector signing key {path}: {err} (pass --signing-key)") from err
+        if s.config.signing_key or s.config.dsn:
+            raise StartupError(f"collector signing key {path}: {err} (check --signing-key)"
+                               ) from err
+        raise StartupError(  # the default key lives next to the database
+            f"cannot open database {s.config.db}: no usable signing key beside it ({path}: "
+            f"{err}); check permissions or pass --db / --signing-key") from err
     log.info("signing key %s (public %s)", path, s.key.public_raw.hex())
 
 
