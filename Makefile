@@ -40,6 +40,7 @@ lint: install
 # The whole suite: lint, types, unit, then root/eBPF integration tests.
 # With CI=true a missing capability (root, bcc, tracefs) fails instead of skipping.
 test: install lint
+	./tests/host-setup.sh
 	$(BIN)/python -m pytest -q tests
 
 unit: install

@@ -35,6 +35,7 @@ from agent.sensors.loader import LoadResult, load_sensors, sensor_status
 from agent.sensors.registry import BPF_SENSORS
 from agent.sensors.ring import RingReader
 from agent.ship import Shipper
+from agent.signing import BatchSigner
 from agent.spool import DiskSpool, SpoolError
 
 log = logging.getLogger("gpuaudit.agent")
@@ -116,7 +117,10 @@ class Agent:
         except (SpoolError, OSError) as err:
             raise SystemExit(f"gpuaudit agent: {err}") from None
         creds = cfg.tls.channel_credentials() if cfg.tls is not None else None
-        self.shipper = Shipper(cfg.collector, self.spool, credentials=creds)
+        # The batch signature uses the same identity as the TLS connection: the
+        # node certificate's key. Plaintext (--insecure) has none: unsigned.
+        signer = BatchSigner.from_tls(cfg.node, cfg.tls) if cfg.tls is not None else None
+        self.shipper = Shipper(cfg.collector, self.spool, credentials=creds, signer=signer)
 
     def step_load_sensors(self) -> None:
         if self.cfg.mode == "procfs":

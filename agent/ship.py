@@ -25,8 +25,9 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -58,18 +59,27 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_batch(batch_id: int, payloads: list[bytes]) -> bytes:
+def encode_batch(batch_id: int, payloads: list[bytes], signature: bytes = b"") -> bytes:
     """An EventBatch in protobuf wire format, built from serialized Events.
 
     The spool keeps events serialized; concatenating them behind the field
-    tags (1: batch_id varint, 2: events length-delimited) avoids parsing and
-    re-serializing every event on the way out.
+    tags (1: batch_id varint, 2: events length-delimited, 3: the serialized
+    BatchSignature) avoids parsing and re-serializing every event on the way
+    out -- and the collector stores, and verify checks, the very bytes signed.
     """
     out = bytearray(b"\x08" + _varint(batch_id))
     for payload in payloads:
         out += b"\x12" + _varint(len(payload))
         out += payload
+    if signature:
+        out += b"\x1a" + _varint(len(signature)) + signature
     return bytes(out)
+
+
+class Signer(Protocol):
+    """agent.signing.BatchSigner: the serialized BatchSignature of a batch."""
+
+    def sign(self, boot_id: str, seqs: Sequence[int], bodies: Sequence[bytes]) -> bytes: ...
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Shipper:
         ack_timeout_s: float = 30.0,
         stream_deadline_s: float = 600.0,
         on_ack: Callable[[Chunk, float], None] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.target = target
         self.spool = spool
@@ -105,6 +116,7 @@ class Shipper:
         self.ack_timeout_s = ack_timeout_s
         self.stream_deadline_s = stream_deadline_s
         self.on_ack = on_ack  # (chunk, ack time) for benches measuring latency
+        self.signer = signer  # None: batches go unsigned (no TLS identity to sign with)
         self.connected = False
         self.reconnects = 0
         self.last_error = ""
@@ -197,7 +209,9 @@ class Shipper:
         self._batch_id += 1
         with self._lock:
             self._inflight.append(_InFlight(self._batch_id, chunk, time.monotonic()))
-        return encode_batch(self._batch_id, chunk.payloads)
+        signature = (self.signer.sign(chunk.boot_id, chunk.seqs, chunk.payloads)
+                     if self.signer is not None else b"")
+        return encode_batch(self._batch_id, chunk.payloads, signature)
 
     def _check_stuck(self) -> None:
         with self._lock:

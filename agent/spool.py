@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import spoolfile as fmt
@@ -60,6 +60,7 @@ class Chunk:
     first_seq: int
     last_seq: int
     end: Position  # read on from here; acknowledge up to here
+    seqs: list[int] = field(default_factory=list)  # seq of each payload (signed with it)
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -319,6 +320,7 @@ class DiskSpool:
         window = min(seg.size - offset, max(max_bytes, self._record_len(fd, offset)))
         data = os.pread(fd, window, offset)
         payloads: list[bytes] = []
+        seqs: list[int] = []
         first = last = 0
         pos = 0
         while pos < len(data) and len(payloads) < max_events:
@@ -328,9 +330,10 @@ class DiskSpool:
                     return self._skip_damage(seg, offset)
                 break  # a record cut by the read window: the next read gets it
             payloads.append(rec.payload)
+            seqs.append(rec.seq)
             first = first or rec.seq
             last, pos = rec.seq, rec.end
-        return Chunk(seg.boot_id, payloads, first, last, (seg.segno, offset + pos))
+        return Chunk(seg.boot_id, payloads, first, last, (seg.segno, offset + pos), seqs)
 
     @staticmethod
     def _record_len(fd: int, offset: int) -> int:

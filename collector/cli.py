@@ -39,8 +39,11 @@ from collector.cli_args import (
 )
 from collector.cli_certs import add_certs
 from collector.cli_config import add_config_flag, parse_layered
+from collector.cli_export import ExportConfigError, add_export_flags, hub_from_args
 from collector.cli_findings import add_findings
+from collector.cli_report import add_report
 from collector.cli_tls import RPC_TIMEOUT_S, add_tls_flags, collector_stub, resolve_tls, rpc_failure
+from collector.cli_verify import add_verify
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
 from collector.server import DEFAULT_DB, DEFAULT_LISTEN, CollectorConfig, StartupError, serve
 from collector.storage.base import MAX_QUERY_LIMIT
@@ -86,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_events(sub)
     _add_status(sub)
     add_findings(sub, _add_collector_flag)
+    add_report(sub, _add_collector_flag)
+    add_verify(sub)
     add_certs(sub)
     return parser
 
@@ -134,6 +139,23 @@ def _add_collector(sub: argparse._SubParsersAction) -> None:
                    "override or disable them by id (docs/findings.md; default: none)")
     p.add_argument("--no-findings", action="store_true",
                    help="do not run the rules (no findings; the store is not followed)")
+    p.add_argument("--dsn", metavar="DSN", default="",
+                   help="store in PostgreSQL instead of --db, e.g. 'host=db1 dbname=gpuaudit "
+                   "user=gpuaudit' (libpq syntax; keep the password in ~/.pgpass or "
+                   "$PGPASSFILE, not here); several collectors may share one database")
+    p.add_argument("--signing-key", metavar="FILE", default="",
+                   help="the collector's Ed25519 key for checkpoints and its own events, made "
+                   "on first start (default: collector-signing.key next to --db)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", default="",
+                   help="also append every signed checkpoint to DIR/checkpoints.jsonl: keep it "
+                   "on other storage, it is what `gpuaudit verify --checkpoints` trusts")
+    p.add_argument("--checkpoint-interval", metavar="SECONDS", type=not_negative(float),
+                   default=300.0, help="sign a checkpoint this often; 0 = only at stop "
+                   "(default: 300)")
+    p.add_argument("--retention-days", metavar="DAYS", type=not_negative(float), default=365.0,
+                   help="remove batches received longer ago than this, hourly, leaving a "
+                   "signed checkpoint at the cut; 0 = keep everything (default: 365)")
+    add_export_flags(p)
     _add_log_level(p)
     add_tls_flags(p, "DIR/collector")
     add_config_flag(p)
@@ -144,11 +166,19 @@ def run_collector(args: argparse.Namespace) -> int:
     """``gpuaudit collector``: serve until SIGINT/SIGTERM."""
     _setup_logging(args.log_level)
     tls = resolve_tls(args, args.listen)
+    try:
+        exports = hub_from_args(args)
+    except ExportConfigError as err:
+        raise UsageError(str(err)) from None
     config = CollectorConfig(
         listen=args.listen, db=args.db, max_batch_events=args.max_batch_events,
         tls=tls, insecure=tls is None,
         node_rate_limit=args.node_rate_limit, node_rate_burst=args.node_rate_burst,
         store=args.store, rules_dir=args.rules, findings=not args.no_findings,
+        dsn=args.dsn, signing_key=args.signing_key,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_interval_s=args.checkpoint_interval,
+        retention_days=args.retention_days,
+        export_hub=exports, export_drain_s=args.export_drain,
     )
     try:
         asyncio.run(serve(config))

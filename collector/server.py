@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -43,11 +44,17 @@ from collector.findings import (
 )
 from collector.ingest.group import DEFAULT_MAX_GROUP_EVENTS, GroupCommitter
 from collector.ingest.ratelimit import NodeRateLimiter
+from collector.ingest.received import add_collector_service
 from collector.ingest.rejections import WINDOW_S, Rejections
 from collector.ingest.servicer import IngestPolicy, IngestServicer
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS
+from collector.integrity.checkpoint import CheckpointWriter
+from collector.integrity.keys import CollectorKey
 from collector.query.servicer import QueryServicer
+from collector.retention import Retention
+from collector.storage.base import Storage
 from collector.storage.chunks import ChunkStorage
+from collector.storage.postgres import PostgresStorage
 from collector.storage.sqlite import SqliteStorage
 from collector.watchdog import Watchdog
 from gpuaudit.tls import TlsConfigError, TlsFiles
@@ -61,6 +68,9 @@ AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-define
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "/var/lib/gpuaudit/events.db"
 MiB = 1024 * 1024
+
+RETENTION_EVERY_S = 3600.0
+"""How often retention looks for batches past their age (and once at start)."""
 
 STORES: dict[str, type[SqliteStorage]] = {"rows": SqliteStorage, "chunks": ChunkStorage}
 """Storage layouts (README, "Storage layouts"): same API, same answers, different costs."""
@@ -85,6 +95,13 @@ class CollectorConfig:
     rules_dir: str | None = None             # operator rule files over the defaults (--rules)
     findings: bool = True                    # run the rules over stored events
     finding_hooks: tuple[FindingHook, ...] = ()  # called with each finding's JSON dict (exports)
+    dsn: str = ""                            # PostgreSQL instead of the SQLite file `db`
+    signing_key: str = ""                    # Ed25519 key file; "": collector-signing.key by `db`
+    checkpoint_dir: str = ""                 # where signed checkpoints are also copied ("": none)
+    checkpoint_interval_s: float = 300.0     # 0: only at stop
+    retention_days: float = 365.0            # 0: keep everything
+    export_hub: Any = None                   # collector.export.ExportHub, not started; None: none
+    export_drain_s: float = 5.0              # time the sinks get at stop to deliver
 
 
 class StartupError(Exception):
@@ -97,7 +114,7 @@ class RunningCollector:
 
     host: str
     port: int
-    storage: SqliteStorage
+    storage: Storage
     watchdog: Watchdog
     server: grpc.aio.Server
     committer: GroupCommitter
@@ -150,7 +167,7 @@ class _Startup:
     config: CollectorConfig
     clock: Callable[[], int]
     stack: contextlib.AsyncExitStack
-    storage: SqliteStorage | None = None
+    storage: Storage | None = None
     watchdog: Watchdog | None = None
     committer: GroupCommitter | None = None
     rejections: Rejections | None = None
@@ -159,6 +176,7 @@ class _Startup:
     findings: FollowerProcess | None = None
     health: Any = field(default_factory=AsyncHealthServicer)
     port: int = 0
+    key: CollectorKey | None = None
 
 
 async def _check_transport(s: _Startup) -> None:
@@ -212,22 +230,83 @@ async def _start_findings(s: _Startup) -> None:
         return
     assert s.storage is not None
     s.findings = FollowerProcess(s.storage, s.config.db, s.config.store, s.config.rules_dir,
-                                 log_level=logging.getLogger().getEffectiveLevel())
+                                 log_level=logging.getLogger().getEffectiveLevel(),
+                                 dsn=s.config.dsn)
     s.findings.on_finding.extend(s.config.finding_hooks)
+    if s.config.export_hub is not None:
+        s.findings.on_finding.append(s.config.export_hub.publish_finding)
     s.findings.start()
     s.stack.callback(s.findings.stop)
 
 
-async def _open_storage(s: _Startup) -> None:
+def signing_key_path(config: CollectorConfig) -> Path:
+    """The collector's key file: --signing-key, else next to the SQLite database."""
+    return Path(config.signing_key or Path(config.db).parent / "collector-signing.key")
+
+
+async def _load_key(s: _Startup) -> None:
+    path = signing_key_path(s.config)
     try:
-        store = STORES[s.config.store]
-        s.storage = store(s.config.db, clock=s.clock)
-    except Exception as err:
-        raise StartupError(
-            f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
-        ) from err
+        s.key = CollectorKey.load_or_create(path)
+    except (OSError, ValueError) as err:
+        if s.config.signing_key or s.config.dsn:
+            raise StartupError(f"collector signing key {path}: {err} (check --signing-key)"
+                               ) from err
+        raise StartupError(  # the default key lives next to the database
+            f"cannot open database {s.config.db}: no usable signing key beside it ({path}: "
+            f"{err}); check permissions or pass --db / --signing-key") from err
+    log.info("signing key %s (public %s)", path, s.key.public_raw.hex())
+
+
+async def _open_storage(s: _Startup) -> None:
+    if s.config.dsn:
+        try:
+            s.storage = PostgresStorage(s.config.dsn, clock=s.clock, key=s.key)
+        except Exception as err:
+            raise StartupError(f"{err} (check --dsn and that the server runs)") from err
+    else:
+        try:
+            store = STORES[s.config.store]
+            s.storage = store(s.config.db, clock=s.clock, key=s.key)
+        except Exception as err:
+            raise StartupError(
+                f"cannot open database {s.config.db}: {err} (check permissions or pass --db)"
+            ) from err
     s.stack.callback(s.storage.close)
     s.watchdog = Watchdog(s.storage, clock=s.clock)
+
+
+async def _start_checkpoints(s: _Startup) -> None:
+    assert s.storage is not None and s.key is not None
+    copies = Path(s.config.checkpoint_dir) if s.config.checkpoint_dir else None
+    interval = s.config.checkpoint_interval_s or float("inf")
+    writer = CheckpointWriter(s.storage, s.key, copies, interval, s.clock)
+    if interval != float("inf"):
+        writer.start()
+    # registered after the storage: the last checkpoint is written before it closes
+    s.stack.callback(writer.close)
+    if s.config.retention_days > 0:
+        retention = Retention(s.storage, writer, s.config.retention_days, RETENTION_EVERY_S,
+                              s.clock)
+        retention.start()
+        s.stack.callback(retention.close)
+
+
+async def _start_exports(s: _Startup) -> None:
+    """Events each commit newly stored, and findings, go to the export sinks."""
+    hub = s.config.export_hub
+    if hub is None:
+        return
+    assert s.storage is not None
+    hub.start()
+    # registered before the committer: it closes after the last commit, draining
+    s.stack.callback(hub.close, s.config.export_drain_s)
+    s.storage.on_stored.append(lambda events: _publish_all(hub, events))
+
+
+def _publish_all(hub: Any, events: list[Any]) -> None:
+    for event in events:
+        hub.publish_event(event)
 
 
 async def _start_committer(s: _Startup) -> None:
@@ -257,7 +336,7 @@ async def _build_server(s: _Startup) -> None:
         IngestServicer(s.committer, _ingest_policy(s.config), s.rejections),
         QueryServicer(s.storage, tls=tls),
     )
-    collector_pb2_grpc.add_CollectorServicer_to_server(service, s.server)
+    add_collector_service(service, s.server)
     health_pb2_grpc.add_HealthServicer_to_server(s.health, s.server)
 
 
@@ -330,7 +409,10 @@ async def _flush_every(rejections: Rejections, period_s: float) -> None:
 STARTUP_STEPS: tuple[tuple[str, Callable[[_Startup], Awaitable[None]]], ...] = (
     ("check transport", _check_transport),
     ("load rules", _load_rules),
+    ("load signing key", _load_key),
     ("open storage", _open_storage),
+    ("start checkpoints", _start_checkpoints),
+    ("start exports", _start_exports),
     ("start committer", _start_committer),
     ("start findings", _start_findings),
     ("build server", _build_server),

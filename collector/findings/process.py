@@ -42,8 +42,9 @@ class FollowerProcess:
     """Runs :class:`~collector.findings.follower.FindingsFollower` in a child process."""
 
     def __init__(self, storage: Storage, db: str, store: str, rules_dir: str | None,
-                 poll_s: float = 0.25, log_level: int = logging.INFO) -> None:
-        """Follow database ``db`` (layout ``store``) with the rules of ``rules_dir``.
+                 poll_s: float = 0.25, log_level: int = logging.INFO, dsn: str = "") -> None:
+        """Follow database ``db`` (layout ``store``), or PostgreSQL ``dsn`` when given,
+        with the rules of ``rules_dir``.
 
         ``storage`` is the collector's own store of the same file, read for
         :meth:`caught_up`.
@@ -52,7 +53,7 @@ class FollowerProcess:
         self.position = storage.cursor(CURSOR)
         self.restarts = 0
         self._storage = storage
-        self._args = (db, store, rules_dir, poll_s, log_level)
+        self._args = (db, store, rules_dir, poll_s, log_level, dsn)
         self._ctx = mp.get_context("spawn")  # never fork a process running gRPC threads
         self._stopping = threading.Event()
         self._conn: Connection | None = None
@@ -131,7 +132,7 @@ class FollowerProcess:
 
 
 def child_main(conn: Connection, db: str, store: str, rules_dir: str | None, poll_s: float,
-               log_level: int) -> None:
+               log_level: int, dsn: str = "") -> None:
     """The child: follow the store until told to stop or the parent is gone."""
     # Lower CPU priority: where cores are short, ingest (which agents wait on
     # for acks) goes first and the follower takes what is left, catching up later.
@@ -141,9 +142,8 @@ def child_main(conn: Connection, db: str, store: str, rules_dir: str | None, pol
     # Imported here: the spawned child starts from a bare interpreter.
     from collector.findings.engine import Engine
     from collector.findings.rules import load_rules
-    from collector.server import STORES
 
-    storage = STORES[store](db)
+    storage = _open(db, store, dsn)
     follower = FindingsFollower(storage, Engine(load_rules(rules_dir)))
     send_lock = threading.Lock()
 
@@ -155,12 +155,33 @@ def child_main(conn: Connection, db: str, store: str, rules_dir: str | None, pol
     stop = threading.Event()
     threading.Thread(target=_watch_parent, args=(conn, stop), daemon=True).start()
     try:
+        _wait_to_lead(storage, stop)
         _follow(follower, stop, poll_s, lambda pos: send("position", pos))
     finally:
         try:
             follower.save_position()
         finally:
             storage.close()
+
+
+def _open(db: str, store: str, dsn: str) -> Any:
+    from collector.server import STORES
+    from collector.storage.postgres import PostgresStorage
+
+    return PostgresStorage(dsn) if dsn else STORES[store](db)
+
+
+def _wait_to_lead(storage: Any, stop: threading.Event, every_s: float = 5.0) -> None:
+    """On a database shared by several collectors, one follower runs; the others wait.
+
+    Two followers would count every occurrence twice. The lock goes with the
+    leader's connection, so a standby takes over when the leader's collector stops.
+    """
+    try_lead = getattr(storage, "try_lead", None)
+    if try_lead is None:
+        return  # SQLite: one collector per file
+    while not stop.is_set() and not try_lead():
+        stop.wait(every_s)
 
 
 def _watch_parent(conn: Connection, stop: threading.Event) -> None:

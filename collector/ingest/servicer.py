@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from collector.ingest.access import AccessDenied, Refusal, caller, ingest_refusal
 from collector.ingest.group import GroupCommitter
 from collector.ingest.ratelimit import NodeRateLimiter
+from collector.ingest.received import RawBatch, peer_cert_der
 from collector.ingest.rejections import Rejections
 from collector.ingest.validate import DEFAULT_MAX_BATCH_EVENTS, batch_problem
 from collector.storage.base import StorageError
@@ -72,16 +73,18 @@ class IngestServicer:
         self._rejections = rejections
 
     async def Ingest(
-        self, request_iterator: AsyncIterator[collector_pb2.EventBatch], context: IngestContext
+        self, request_iterator: AsyncIterator[RawBatch | collector_pb2.EventBatch],
+        context: IngestContext,
     ) -> AsyncIterator[collector_pb2.Ack]:
         """Answer each batch with an Ack after it is committed, in order."""
         try:
             identity = caller(context, self._policy.tls)
         except AccessDenied as err:
             await context.abort(err.code, str(err))
+        cert_der = peer_cert_der(context) if self._policy.tls else b""
         try:
-            async for batch in request_iterator:
-                yield await self._ack(batch, identity, context)
+            async for item in request_iterator:
+                yield await self._ack(item, identity, context, cert_der)
         except DecodeError:
             # Garbage from the network must cost a line in the log at most
             # every few seconds, not a traceback per request.
@@ -92,10 +95,14 @@ class IngestServicer:
 
     async def _ack(
         self,
-        batch: collector_pb2.EventBatch,
+        item: RawBatch | collector_pb2.EventBatch,
         identity: PeerIdentity | None,
         context: IngestContext,
+        cert_der: bytes = b"",
     ) -> collector_pb2.Ack:
+        # Over gRPC every request is a RawBatch (collector.ingest.received);
+        # tests may hand parsed batches straight to the servicer.
+        batch = item.batch if isinstance(item, RawBatch) else item
         claimed = batch.events[0].node if batch.events else ""
         refusal = ingest_refusal(identity, claimed)
         if refusal is not None and identity is not None:
@@ -107,7 +114,8 @@ class IngestServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         await self._admit(claimed, batch, context)
         try:
-            result = await asyncio.wrap_future(self._committer.submit(batch.events))
+            events = item.received(cert_der) if isinstance(item, RawBatch) else batch.events
+            result = await asyncio.wrap_future(self._committer.submit(events))
         except StorageError as err:
             # Disk full, database locked by another process, shutting down...:
             # nothing was acked, so the agent keeps the batch and may retry.

@@ -7,10 +7,12 @@ drive it directly without an event loop.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple, Protocol
 
+from collector.integrity.checkpoint import Checkpoint, Head
 from collector.storage.own import OwnEvents
+from collector.storage.retention import Pruned
 from gpuaudit.v1 import collector_pb2, events_pb2
 
 DEFAULT_QUERY_LIMIT = 100
@@ -52,6 +54,10 @@ class Storage(Protocol):
     built with :attr:`own` and get their seq from the store, in the
     transaction that stores them (see :mod:`collector.storage.own`).
     """
+
+    on_stored: list[Callable[[list[events_pb2.Event]], None]]
+    """Called after each commit with the events it newly stored, own events included
+    (the exports subscribe). Runs on the writer: a listener must only hand them on."""
 
     @property
     def own(self) -> OwnEvents:
@@ -130,6 +136,26 @@ class Storage(Protocol):
 
     def findings(self, query: collector_pb2.FindingQuery) -> list[collector_pb2.Finding]:
         """Stored findings matching ``query``, most recently seen last."""
+        ...
+
+    def chain_heads(self) -> dict[str, Head]:
+        """Each node's newest manifest id and chain value (collector.integrity)."""
+        ...
+
+    def store_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a signed checkpoint of the chain heads."""
+        ...
+
+    def chain_bases(self) -> dict[str, Head]:
+        """Per node, the newest manifest retention removed (the chain continues from it)."""
+        ...
+
+    def prune(self, cut_ns: int, limit: int = ...) -> Pruned:
+        """Remove up to ``limit`` of the oldest batches received before ``cut_ns``."""
+        ...
+
+    def describe(self) -> str:
+        """Where the events are, for logs and ``StatusReply.db`` (no secrets)."""
         ...
 
     def close(self) -> None:

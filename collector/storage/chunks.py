@@ -22,12 +22,12 @@ from pathlib import Path
 
 from collector.storage import schema
 from collector.storage.chunkquery import ANY_VALUE, KIND_PID, KIND_TYPE, KIND_UID, query_chunks
-from collector.storage.common import Written
+from collector.storage.common import Written, not_stored_pairs
 from collector.storage.schema import CHUNK_VERSION_BASE
 from collector.storage.sqlite import SqliteStorage
 from gpuaudit.v1 import collector_pb2, events_pb2
 
-CHUNK_SCHEMA_VERSION = CHUNK_VERSION_BASE + 2
+CHUNK_SCHEMA_VERSION = CHUNK_VERSION_BASE + 3
 
 MAX_KEYS_PER_KIND = 64
 """Distinct pids (uids) a chunk indexes one by one; above it, one ANY_VALUE row."""
@@ -74,6 +74,7 @@ _NODES = schema._V1[schema._V1.index("CREATE TABLE IF NOT EXISTS nodes") :] + sc
 _UPGRADES = {
     CHUNK_VERSION_BASE + 1: _CHUNKS_V1 + _NODES,
     CHUNK_VERSION_BASE + 2: schema._V3,  # findings and cursors, as in the row store
+    CHUNK_VERSION_BASE + 3: schema._V4,  # manifests and checkpoints, as in the row store
 }
 """Script that takes a chunk-store file from version N-1 to N (BASE: empty file)."""
 
@@ -130,17 +131,20 @@ class ChunkStorage(SqliteStorage):
 
     # -- writes (called by the inherited store_batches/store_own/mark_silent) --
 
-    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> Written:
+    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event],
+                   bodies: Sequence[bytes]) -> Written:
         """Write the events of one non-empty batch not stored yet as one chunk."""
         prev, span = _run(db, events[0].node, events[0].boot_id)
-        new = events if events[0].seq > prev else _not_stored(db, events, prev, span)
-        return Written(prev, new, self._insert_chunk(db, new, span) if new else 0)
+        stored = set() if events[0].seq > prev else _stored_in(db, events, prev, span)
+        new, new_bodies = not_stored_pairs(events, bodies, stored)
+        return Written(prev, new, self._insert_chunk(db, new, new_bodies, span) if new else 0)
 
     def _insert_chunk(
-        self, db: sqlite3.Connection, new: Sequence[events_pb2.Event], span: int
+        self, db: sqlite3.Connection, new: Sequence[events_pb2.Event],
+        bodies: Sequence[bytes], span: int,
     ) -> int:
         """Store ``new`` (one run, increasing seq) as one chunk; return its newest time."""
-        body, lo, hi, keys = encode_chunk(new)
+        body, lo, hi, keys = encode_chunk(new, bodies)
         first, last = new[0].seq, new[-1].seq
         node, boot_id = new[0].node, new[0].boot_id
         chunk = db.execute(
@@ -155,7 +159,36 @@ class ChunkStorage(SqliteStorage):
         """Give collector-raised ``event`` the next free seq of its run; write it as a chunk."""
         prev, span = _run(db, event.node, event.boot_id)
         event.seq = prev + 1
-        self._insert_chunk(db, [event], span)
+        body = event.SerializeToString()
+        self._insert_chunk(db, [event], [body], span)
+        self._manifests.record_own(db, event.node, event.boot_id, event.seq, body)
+
+    def _delete_events(self, db: sqlite3.Connection, node: str, boot_id: str, first: int,
+                       last: int) -> int:
+        """Remove the chunks of one run's seq range (a batch's new events are one chunk)."""
+        chunks = db.execute("SELECT id, count FROM chunks WHERE node = ? AND boot_id = ? AND"
+                            " first_seq >= ? AND last_seq <= ?",
+                            (node, boot_id, first, last)).fetchall()
+        return self._drop_chunks(db, chunks)
+
+    def _delete_unmanifested(self, db: sqlite3.Connection, cut_ns: int) -> int:
+        chunks = db.execute(
+            "SELECT id, count FROM chunks c WHERE max_time_ns < ? AND NOT EXISTS (SELECT 1"
+            " FROM manifests m WHERE m.node = c.node AND m.boot_id = c.boot_id)",
+            (cut_ns,)).fetchall()
+        return self._drop_chunks(db, chunks)
+
+    @staticmethod
+    def _drop_chunks(db: sqlite3.Connection, chunks: list[tuple[int, int]]) -> int:
+        ids = [chunk for chunk, _ in chunks]
+        for i in range(0, len(ids), 500):
+            # chunk_keys has no index on chunk alone (ingest would pay for it on
+            # every chunk): one scan per 500 chunks, not one per chunk
+            part = ids[i:i + 500]
+            marks = ", ".join("?" * len(part))
+            db.execute(f"DELETE FROM chunk_keys WHERE chunk IN ({marks})", part)
+            db.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)
+        return sum(count for _, count in chunks)
 
     # -- reads ----------------------------------------------------------------
 
@@ -188,9 +221,11 @@ class ChunkStorage(SqliteStorage):
 
 
 def encode_chunk(
-    events: Sequence[events_pb2.Event],
+    events: Sequence[events_pb2.Event], bodies: Sequence[bytes],
 ) -> tuple[bytes, int, int, list[tuple[int, object]]]:
     """``events`` as (body, min time ns, max time ns, distinct (kind, value) keys).
+
+    ``bodies[i]`` is the stored form of ``events[i]`` (its bytes as received).
 
     One pass, each attribute read once: this is the only per-event Python
     work of the write path (one set per kind: no tuple built per event).
@@ -202,8 +237,7 @@ def encode_chunk(
     types: set[str] = set()
     pids: set[int] = set()
     uids: set[int] = set()
-    for ev in events:
-        data = ev.SerializeToString()
+    for ev, data in zip(events, bodies, strict=True):
         n = len(data)
         put(_PREFIXES[n] if n < 16384 else _TAG + _varint(n))
         put(data)
@@ -255,12 +289,11 @@ def _run(db: sqlite3.Connection, node: str, boot_id: str) -> tuple[int, int]:
     return (row[0], row[1]) if row else (0, 0)
 
 
-def _not_stored(
+def _stored_in(
     db: sqlite3.Connection, events: Sequence[events_pb2.Event], prev: int, span: int
-) -> Sequence[events_pb2.Event]:
-    """The events of one batch not yet stored (a replay or overlap: the rare path)."""
-    stored = _stored_seqs(db, events[0], events[0].seq, min(prev, events[-1].seq), span)
-    return [ev for ev in events if ev.seq not in stored]
+) -> set[int]:
+    """The seqs of one batch already stored (a replay or overlap: the rare path)."""
+    return _stored_seqs(db, events[0], events[0].seq, min(prev, events[-1].seq), span)
 
 
 def _stored_seqs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from collector.storage.base import MAX_QUERY_LIMIT, StorageError
 from collector.storage.gaps import missing_count
@@ -28,6 +28,13 @@ batch) with boot_id ''.
 """
 
 
+class Executes(Protocol):
+    """A DB-API connection or cursor taking ``?`` placeholders (SQLite, or PostgreSQL
+    through collector.storage.postgres' adapter): what the shared SQL helpers need."""
+
+    def execute(self, sql: str, args: Any = ..., /) -> Any: ...
+
+
 class Written(NamedTuple):
     """What a layout's write step did with one batch (one node and boot_id)."""
 
@@ -37,6 +44,16 @@ class Written(NamedTuple):
     """The events of the batch that were not stored yet, now written (seq order)."""
     newest: int
     """The newest event time (ns) among ``new``; 0 when ``new`` is empty."""
+
+
+def not_stored_pairs(
+    events: Sequence[events_pb2.Event], bodies: Sequence[bytes], stored: set[int]
+) -> tuple[Sequence[events_pb2.Event], Sequence[bytes]]:
+    """The events (and their bodies) of a batch whose seq is not in ``stored``."""
+    if not stored:
+        return events, bodies
+    keep = [i for i, ev in enumerate(events) if ev.seq not in stored]
+    return [events[i] for i in keep], [bodies[i] for i in keep]
 
 
 def time_ns(ts: Any) -> int:
@@ -117,7 +134,7 @@ def merge_finding(old: collector_pb2.Finding | None, new: collector_pb2.Finding)
 
 
 def upsert_findings(
-    db: sqlite3.Connection, findings: Sequence[collector_pb2.Finding]
+    db: Executes, findings: Sequence[collector_pb2.Finding]
 ) -> list[collector_pb2.Finding]:
     """Merge ``findings`` (new occurrences) into the stored ones; return them merged.
 
@@ -140,12 +157,12 @@ def upsert_findings(
     return list(merged.values())
 
 
-def set_cursor(db: sqlite3.Connection, name: str, position: int) -> None:
+def set_cursor(db: Executes, name: str, position: int) -> None:
     """Record ``position`` as cursor ``name`` (inside the caller's transaction)."""
     db.execute(_SET_CURSOR, (name, position))
 
 
-def get_cursor(db: sqlite3.Connection, name: str) -> int:
+def get_cursor(db: Executes, name: str) -> int:
     """The position of cursor ``name``; 0 (before every event) when never set."""
     row = db.execute("SELECT position FROM cursors WHERE name = ?", (name,)).fetchone()
     return int(row[0]) if row else 0
@@ -161,7 +178,7 @@ def severity_rank(severity: str) -> int:
 
 
 def query_findings(
-    db: sqlite3.Connection, query: collector_pb2.FindingQuery
+    db: Executes, query: collector_pb2.FindingQuery
 ) -> list[collector_pb2.Finding]:
     """Stored findings matching ``query``: the most recently seen N, oldest first."""
     clauses, args = ["severity >= ?"], [severity_rank(query.min_severity or "info")]

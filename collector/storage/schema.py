@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+from collector.storage.manifests import MANIFEST_TABLES, SQLITE_TYPES
+
+SCHEMA_VERSION = 4
 
 CHUNK_VERSION_BASE = 1000
 """Chunk-store files (:mod:`collector.storage.chunks`) count ``user_version`` from here."""
@@ -83,7 +85,11 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 """
 
-_UPGRADES = {1: _V1, 2: _V2, 3: _V3}
+# Version 4 (issue #8): batch manifests, their per-node chain, the keys that
+# signed them, and the collector's signed checkpoints (collector.integrity).
+_V4 = MANIFEST_TABLES.format(**SQLITE_TYPES)
+
+_UPGRADES = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 """Script that takes a file from version N-1 to N (0: empty file)."""
 
 

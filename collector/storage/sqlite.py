@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -10,18 +11,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from collector.integrity.checkpoint import Checkpoint, Head
+from collector.integrity.keys import CollectorKey
 from collector.storage.base import (
     DEFAULT_QUERY_LIMIT,
     MAX_QUERY_LIMIT,
     Heartbeat,
     StoreResult,
 )
+from collector.storage.batch import ReceivedBatch, bodies_of
 from collector.storage.common import (
     COUNT_OWN,
     Written,
     as_storage_error,
     get_cursor,
     latest_health,
+    not_stored_pairs,
     own_counts,
     query_findings,
     set_cursor,
@@ -29,19 +34,39 @@ from collector.storage.common import (
     upsert_findings,
 )
 from collector.storage.gaps import gaps_in
+from collector.storage.manifests import ManifestWriter
 from collector.storage.own import OwnEvents
+from collector.storage.retention import (
+    PRUNE_BATCH,
+    UNMANIFESTED_BEFORE,
+    Pruned,
+    chain_bases,
+    prune_batch,
+)
 from collector.storage.schema import init_schema
 from gpuaudit.v1 import collector_pb2, events_pb2
+
+log = logging.getLogger(__name__)
 
 _INSERT = (
     "INSERT INTO events (node, boot_id, seq, type, time_ns, pid, uid, body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _MAX_SEQ = "SELECT MAX(seq) FROM events WHERE node = ? AND boot_id = ?"
+# Each node's newest manifest and its chain value, read in one statement (one snapshot).
+_CHAIN_HEADS = (
+    "SELECT m.node, m.id, m.chain FROM manifests m JOIN"
+    " (SELECT node, MAX(id) AS id FROM manifests GROUP BY node) newest ON m.id = newest.id"
+)
+_STORE_CHECKPOINT = "INSERT INTO checkpoints (time_ns, body, signature) VALUES (?, ?, ?)"
 _SEQS_BETWEEN = "SELECT seq FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN ? AND ?"
 
 
-def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
+def _as_is(sql: str) -> str:
+    return sql
+
+
+def _row(ev: events_pb2.Event, body: bytes) -> tuple[Any, ...]:
     # The hot path (every stored event): each attribute read is a C call, so
     # read each once.
     t = ev.time
@@ -54,7 +79,7 @@ def _row(ev: events_pb2.Event) -> tuple[Any, ...]:
         pid = uid = None
     return (
         ev.node, ev.boot_id, ev.seq, ev.type, t.seconds * 1_000_000_000 + t.nanos, pid, uid,
-        ev.SerializeToString(),
+        body,
     )  # fmt: skip
 
 
@@ -77,6 +102,7 @@ class SqliteStorage:
         path: str | Path,
         clock: Callable[[], int] = time.time_ns,
         run_id: str | None = None,
+        key: CollectorKey | None = None,
     ) -> None:
         """Open (creating it and its parent directories if needed) the store at ``path``.
 
@@ -84,10 +110,17 @@ class SqliteStorage:
         of heartbeats, which the watchdog compares with its own clock, and the
         collector's own events. ``run_id`` names this collector run in their
         boot_id (random when None).
+. ``key`` signs the manifests of the collector's own
+        events (None: they are recorded unsigned).
         """
         self.path = Path(path)
         self._clock = clock
         self._own = OwnEvents(run_id, clock)
+        self._manifests = ManifestWriter(key, clock)
+        # Called after each commit with the events it newly stored (exports);
+        # called on the writer thread, so a listener must only hand them on.
+        self.on_stored: list[Callable[[list[events_pb2.Event]], None]] = []
+        self._fresh: list[events_pb2.Event] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -145,12 +178,23 @@ class SqliteStorage:
             # IMMEDIATE takes the write lock up front, so two collectors on one
             # file wait (busy_timeout) instead of failing half-way through.
             self._w.execute("BEGIN IMMEDIATE")
+            self._fresh = []
             try:
                 yield self._w
             except BaseException:
                 self._w.execute("ROLLBACK")
+                self._manifests.forget_cache()
                 raise
             self._w.execute("COMMIT")
+            self._tell_stored(self._fresh)
+
+    def _tell_stored(self, events: list[events_pb2.Event]) -> None:
+        """Give the events a transaction newly stored to the ``on_stored`` listeners."""
+        for listener in self.on_stored:
+            try:
+                listener(events)
+            except Exception:  # an export's bug must not fail a committed ingest
+                log.exception("on_stored listener %r failed", listener)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -181,17 +225,26 @@ class SqliteStorage:
     def _store_one(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> StoreResult:
         if not events:
             return StoreResult(0, 0, 0)
-        written = self._write_new(db, events)
+        bodies = bodies_of(events)
+        written = self._write_new(db, events, bodies)
+        signature = events.signature if isinstance(events, ReceivedBatch) else None
+        cert = events.cert_der if isinstance(events, ReceivedBatch) else b""
+        self._manifests.record_batch(db, events, bodies, signature, cert)
         acked_seq = max(written.prev, events[-1].seq)
         if written.new:
+            self._fresh.extend(written.new)
             self._account(db, written, acked_seq)
         return StoreResult(len(written.new), len(events) - len(written.new), acked_seq)
 
-    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> Written:
-        """Layout hook: write the events of one non-empty batch not stored yet."""
+    def _write_new(self, db: sqlite3.Connection, events: Sequence[events_pb2.Event],
+                   bodies: Sequence[bytes]) -> Written:
+        """Layout hook: write the events of one non-empty batch not stored yet.
+
+        ``bodies[i]`` is the stored form of ``events[i]`` (its bytes as received).
+        """
         prev = db.execute(_MAX_SEQ, (events[0].node, events[0].boot_id)).fetchone()[0] or 0
-        new = _not_stored(db, events, prev)
-        rows = [_row(ev) for ev in new]
+        new, new_bodies = not_stored_pairs(events, bodies, _stored_seqs(db, events, prev))
+        rows = [_row(ev, body) for ev, body in zip(new, new_bodies, strict=True)]
         db.executemany(_INSERT, rows)
         return Written(prev, new, max((row[4] for row in rows), default=0))
 
@@ -251,6 +304,7 @@ class SqliteStorage:
 
     def _insert_own(self, db: sqlite3.Connection, event: events_pb2.Event) -> events_pb2.Event:
         self._write_own(db, event)
+        self._fresh.append(event)
         db.execute(COUNT_OWN, (event.node, 1, *own_counts(event)))
         return event
 
@@ -259,7 +313,9 @@ class SqliteStorage:
         # Taken inside the transaction: gap-free, and shared by every kind of own event.
         prev = db.execute(_MAX_SEQ, (event.node, event.boot_id)).fetchone()[0] or 0
         event.seq = prev + 1
-        db.execute(_INSERT, _row(event))
+        body = event.SerializeToString()
+        db.execute(_INSERT, _row(event, body))
+        self._manifests.record_own(db, event.node, event.boot_id, event.seq, body)
 
     def store_own(self, event: events_pb2.Event) -> events_pb2.Event:
         """Store a collector-raised event with the next free seq; see :class:`Storage`."""
@@ -361,6 +417,40 @@ class SqliteStorage:
         with self._reading() as db:
             return query_findings(db, query)
 
+    # -- tamper evidence (collector.integrity) ---------------------------------
+
+    def chain_heads(self) -> dict[str, Head]:
+        """Each node's newest manifest id and chain value."""
+        return {node: Head(mid, bytes(chain)) for node, mid, chain in self._read(_CHAIN_HEADS)}
+
+    def store_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._transaction() as db:
+            db.execute(_STORE_CHECKPOINT,
+                       (checkpoint.time_ns, checkpoint.body, checkpoint.signature))
+
+    def chain_bases(self) -> dict[str, Head]:
+        """Per node, the newest manifest retention removed (the chain continues from it)."""
+        with self._reading() as db:
+            return chain_bases(db, _as_is)
+
+    def prune(self, cut_ns: int, limit: int = PRUNE_BATCH) -> Pruned:
+        """Remove up to ``limit`` of the oldest batches stored before ``cut_ns`` (retention)."""
+        with self._transaction() as db:
+            pruned = prune_batch(db, _as_is, cut_ns, self._delete_events, limit)
+            if pruned.manifests < limit:  # the manifested part is done: older, unsigned data
+                pruned.events += self._delete_unmanifested(db, cut_ns)
+            return pruned
+
+    def _delete_events(self, db: sqlite3.Connection, node: str, boot_id: str, first: int,
+                       last: int) -> int:
+        """Layout hook: remove the stored events of one run's seq range."""
+        return db.execute("DELETE FROM events WHERE node = ? AND boot_id = ? AND seq BETWEEN"
+                          " ? AND ?", (node, boot_id, first, last)).rowcount
+
+    def _delete_unmanifested(self, db: sqlite3.Connection, cut_ns: int) -> int:
+        """Layout hook: remove events older than ``cut_ns`` of runs without manifests."""
+        return db.execute(UNMANIFESTED_BEFORE, (cut_ns,)).rowcount
+
     def close(self) -> None:
         """Close both connections once any write or read in progress is done."""
         with self._write_lock, self._read_lock:
@@ -368,19 +458,18 @@ class SqliteStorage:
             self._w.close()
 
 
-def _not_stored(
+def _stored_seqs(
     db: sqlite3.Connection, events: Sequence[events_pb2.Event], prev: int
-) -> Sequence[events_pb2.Event]:
-    """The events of one batch not yet stored; ``prev`` is the highest seq stored."""
+) -> set[int]:
+    """The seqs of one batch already stored; ``prev`` is the highest seq stored."""
     first = events[0]
     if first.seq > prev:
-        return events  # nothing above prev is stored: the usual, replay-free case
-    stored = {
+        return set()  # nothing above prev is stored: the usual, replay-free case
+    return {
         seq for (seq,) in db.execute(
             _SEQS_BETWEEN, (first.node, first.boot_id, first.seq, min(prev, events[-1].seq))
         )
     }  # fmt: skip
-    return [ev for ev in events if ev.seq not in stored]
 
 
 def _where(query: collector_pb2.EventQuery) -> tuple[str, list[object]]:

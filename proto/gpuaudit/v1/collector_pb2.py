@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gpuaudit.v1 import events_pb2 as gpuaudit_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgpuaudit/v1/collector.proto\x12\x0bgpuaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gpuaudit/v1/events.proto\"B\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.gpuaudit.v1.Event\"_\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x0e\n\x06stored\x18\x04 \x01(\r\x12\x12\n\nduplicates\x18\x05 \x01(\r\"\xa8\x01\n\nEventQuery\x12\r\n\x05types\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x10\n\x03pid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x03uid\x18\x04 \x01(\rH\x01\x88\x01\x01\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x0e\n\x06newest\x18\x07 \x01(\x08\x42\x06\n\x04_pidB\x06\n\x04_uid\"\x0f\n\rStatusRequest\"\xe4\x02\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x15\n\revents_stored\x18\x05 \x01(\x04\x12\x13\n\x0bkernel_lost\x18\x06 \x01(\x04\x12\x15\n\rqueue_dropped\x18\x07 \x01(\x04\x12\x15\n\rdecode_errors\x18\x08 \x01(\x04\x12\x0e\n\x06silent\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\t\x12*\n\x07sensors\x18\x0b \x03(\x0b\x32\x19.gpuaudit.v1.SensorStatus\x12\x15\n\rspool_dropped\x18\x0c \x01(\x04\x12\x0c\n\x04gaps\x18\r \x01(\x04\x12\x16\n\x0emissing_events\x18\x0e \x01(\x04\x12\x10\n\x08rejected\x18\x0f \x01(\x04\"X\n\x0bStatusReply\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.gpuaudit.v1.NodeStatus\x12\x15\n\revents_stored\x18\x02 \x01(\x04\x12\n\n\x02\x64\x62\x18\x03 \x01(\t\"^\n\x0c\x46indingQuery\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmin_severity\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\x89\x01\n\x0e\x46indingProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0b\n\x03uid\x18\x02 \x01(\r\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0b\n\x03\x65xe\x18\x04 \x01(\t\x12\x0c\n\x04\x63omm\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x06 \x01(\t\x12\x0b\n\x03pod\x18\x07 \x01(\t\x12\x11\n\tslurm_job\x18\x08 \x01(\t\":\n\x0c\x46indingEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\xc6\x02\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\t\x12\r\n\x05mitre\x18\x05 \x03(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12,\n\x07process\x18\x07 \x01(\x0b\x32\x1b.gpuaudit.v1.FindingProcess\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12.\n\nfirst_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x19.gpuaudit.v1.FindingEvent\x12\x0b\n\x03key\x18\r \x01(\t2\x88\x02\n\tCollector\x12\x37\n\x06Ingest\x12\x17.gpuaudit.v1.EventBatch\x1a\x10.gpuaudit.v1.Ack(\x01\x30\x01\x12<\n\x0bQueryEvents\x12\x17.gpuaudit.v1.EventQuery\x1a\x12.gpuaudit.v1.Event0\x01\x12\x41\n\tGetStatus\x12\x1a.gpuaudit.v1.StatusRequest\x1a\x18.gpuaudit.v1.StatusReply\x12\x41\n\x0cListFindings\x12\x19.gpuaudit.v1.FindingQuery\x1a\x14.gpuaudit.v1.Finding0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgpuaudit/v1/collector.proto\x12\x0bgpuaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gpuaudit/v1/events.proto\"r\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.gpuaudit.v1.Event\x12.\n\tsignature\x18\x03 \x01(\x0b\x32\x1b.gpuaudit.v1.BatchSignature\"8\n\x0e\x42\x61tchSignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rt_sha256\x18\x02 \x01(\x0c\"_\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x0e\n\x06stored\x18\x04 \x01(\r\x12\x12\n\nduplicates\x18\x05 \x01(\r\"\xa8\x01\n\nEventQuery\x12\r\n\x05types\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x10\n\x03pid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x03uid\x18\x04 \x01(\rH\x01\x88\x01\x01\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x0e\n\x06newest\x18\x07 \x01(\x08\x42\x06\n\x04_pidB\x06\n\x04_uid\"\x0f\n\rStatusRequest\"\xe4\x02\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x15\n\revents_stored\x18\x05 \x01(\x04\x12\x13\n\x0bkernel_lost\x18\x06 \x01(\x04\x12\x15\n\rqueue_dropped\x18\x07 \x01(\x04\x12\x15\n\rdecode_errors\x18\x08 \x01(\x04\x12\x0e\n\x06silent\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\t\x12*\n\x07sensors\x18\x0b \x03(\x0b\x32\x19.gpuaudit.v1.SensorStatus\x12\x15\n\rspool_dropped\x18\x0c \x01(\x04\x12\x0c\n\x04gaps\x18\r \x01(\x04\x12\x16\n\x0emissing_events\x18\x0e \x01(\x04\x12\x10\n\x08rejected\x18\x0f \x01(\x04\"X\n\x0bStatusReply\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.gpuaudit.v1.NodeStatus\x12\x15\n\revents_stored\x18\x02 \x01(\x04\x12\n\n\x02\x64\x62\x18\x03 \x01(\t\"^\n\x0c\x46indingQuery\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmin_severity\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\x89\x01\n\x0e\x46indingProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0b\n\x03uid\x18\x02 \x01(\r\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0b\n\x03\x65xe\x18\x04 \x01(\t\x12\x0c\n\x04\x63omm\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x06 \x01(\t\x12\x0b\n\x03pod\x18\x07 \x01(\t\x12\x11\n\tslurm_job\x18\x08 \x01(\t\":\n\x0c\x46indingEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\xc6\x02\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\t\x12\r\n\x05mitre\x18\x05 \x03(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12,\n\x07process\x18\x07 \x01(\x0b\x32\x1b.gpuaudit.v1.FindingProcess\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12.\n\nfirst_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x19.gpuaudit.v1.FindingEvent\x12\x0b\n\x03key\x18\r \x01(\t2\x88\x02\n\tCollector\x12\x37\n\x06Ingest\x12\x17.gpuaudit.v1.EventBatch\x1a\x10.gpuaudit.v1.Ack(\x01\x30\x01\x12<\n\x0bQueryEvents\x12\x17.gpuaudit.v1.EventQuery\x1a\x12.gpuaudit.v1.Event0\x01\x12\x41\n\tGetStatus\x12\x1a.gpuaudit.v1.StatusRequest\x1a\x18.gpuaudit.v1.StatusReply\x12\x41\n\x0cListFindings\x12\x19.gpuaudit.v1.FindingQuery\x1a\x14.gpuaudit.v1.Finding0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuaudit.v1.collector_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTBATCH']._serialized_start=103
-  _globals['_EVENTBATCH']._serialized_end=169
-  _globals['_ACK']._serialized_start=171
-  _globals['_ACK']._serialized_end=266
-  _globals['_EVENTQUERY']._serialized_start=269
-  _globals['_EVENTQUERY']._serialized_end=437
-  _globals['_STATUSREQUEST']._serialized_start=439
-  _globals['_STATUSREQUEST']._serialized_end=454
-  _globals['_NODESTATUS']._serialized_start=457
-  _globals['_NODESTATUS']._serialized_end=813
-  _globals['_STATUSREPLY']._serialized_start=815
-  _globals['_STATUSREPLY']._serialized_end=903
-  _globals['_FINDINGQUERY']._serialized_start=905
-  _globals['_FINDINGQUERY']._serialized_end=999
-  _globals['_FINDINGPROCESS']._serialized_start=1002
-  _globals['_FINDINGPROCESS']._serialized_end=1139
-  _globals['_FINDINGEVENT']._serialized_start=1141
-  _globals['_FINDINGEVENT']._serialized_end=1199
-  _globals['_FINDING']._serialized_start=1202
-  _globals['_FINDING']._serialized_end=1528
-  _globals['_COLLECTOR']._serialized_start=1531
-  _globals['_COLLECTOR']._serialized_end=1795
+  _globals['_EVENTBATCH']._serialized_end=217
+  _globals['_BATCHSIGNATURE']._serialized_start=219
+  _globals['_BATCHSIGNATURE']._serialized_end=275
+  _globals['_ACK']._serialized_start=277
+  _globals['_ACK']._serialized_end=372
+  _globals['_EVENTQUERY']._serialized_start=375
+  _globals['_EVENTQUERY']._serialized_end=543
+  _globals['_STATUSREQUEST']._serialized_start=545
+  _globals['_STATUSREQUEST']._serialized_end=560
+  _globals['_NODESTATUS']._serialized_start=563
+  _globals['_NODESTATUS']._serialized_end=919
+  _globals['_STATUSREPLY']._serialized_start=921
+  _globals['_STATUSREPLY']._serialized_end=1009
+  _globals['_FINDINGQUERY']._serialized_start=1011
+  _globals['_FINDINGQUERY']._serialized_end=1105
+  _globals['_FINDINGPROCESS']._serialized_start=1108
+  _globals['_FINDINGPROCESS']._serialized_end=1245
+  _globals['_FINDINGEVENT']._serialized_start=1247
+  _globals['_FINDINGEVENT']._serialized_end=1305
+  _globals['_FINDING']._serialized_start=1308
+  _globals['_FINDING']._serialized_end=1634
+  _globals['_COLLECTOR']._serialized_start=1637
+  _globals['_COLLECTOR']._serialized_end=1901
 # @@protoc_insertion_point(module_scope)

@@ -11,12 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EventBatch(_message.Message):
-    __slots__ = ("batch_id", "events")
+    __slots__ = ("batch_id", "events", "signature")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
-    def __init__(self, batch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+    signature: BatchSignature
+    def __init__(self, batch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., signature: _Optional[_Union[BatchSignature, _Mapping]] = ...) -> None: ...
+
+class BatchSignature(_message.Message):
+    __slots__ = ("signature", "cert_sha256")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    cert_sha256: bytes
+    def __init__(self, signature: _Optional[bytes] = ..., cert_sha256: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_id", "boot_id", "acked_seq", "stored", "duplicates")

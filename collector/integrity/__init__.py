@@ -1,0 +1,1 @@
+"""Tamper evidence at the collector: manifest chains, signed checkpoints, verify."""

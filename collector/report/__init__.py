@@ -1,0 +1,1 @@
+"""Compliance reports (``gpuaudit report``): source -> build -> html/json/csv."""
