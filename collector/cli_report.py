@@ -47,13 +47,25 @@ def run_report(args: argparse.Namespace) -> int:
                   nodes=tuple(split_values(args.nodes)), user=args.user)
     integrity = json.loads(Path(args.verify_result).read_text()) if args.verify_result else None
     with collector_stub(args) as stub:
-        report = build_report(StubSource(stub), scope, generated_ns=now, integrity=integrity)
+        source = StubSource(stub)
+        report = build_report(source, scope, generated_ns=now, integrity=integrity,
+                              findings=lambda sc: _in_scope(source.findings(sc.since_ns), sc))
     text = RENDERERS[args.format](report)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         _write_atomically(Path(args.output), text)
     return 0
+
+
+def _in_scope(findings: list[dict[str, Any]], scope: Scope) -> list[dict[str, Any]]:
+    """Findings of the report's nodes and user (node-level ones kept for a user report)."""
+    def keep(f: dict[str, Any]) -> bool:
+        if scope.nodes and f.get("node") not in scope.nodes:
+            return False
+        user = (f.get("process") or {}).get("user")
+        return not scope.user or user in (None, scope.user)
+    return [f for f in findings if keep(f)]
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ at that exact time are skipped by their (node, boot_id, seq) key.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.storage.base import MAX_QUERY_LIMIT
 from gpuaudit.v1 import collector_pb2, events_pb2
@@ -36,6 +36,15 @@ class StubSource:
     def status(self) -> collector_pb2.StatusReply:
         return self._stub.GetStatus(  # type: ignore[attr-defined]
             collector_pb2.StatusRequest(), timeout=self._timeout)
+
+    def findings(self, since_ns: int) -> list[dict[str, Any]]:
+        """Findings last seen in the period, as their JSON dicts (docs/findings.md)."""
+        from collector.findings.engine import finding_dict
+
+        q = collector_pb2.FindingQuery(limit=MAX_QUERY_LIMIT)
+        q.since.FromNanoseconds(since_ns)
+        return [finding_dict(f) for f in
+                self._stub.ListFindings(q, timeout=self._timeout)]  # type: ignore[attr-defined]
 
 
 class PageLimitError(RuntimeError):

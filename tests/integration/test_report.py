@@ -26,7 +26,7 @@ import pytest
 from collector.report.html import color_for
 from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
 from tests.capabilities import require
-from tests.integration.harness import Collector, TestPki, channel, tls_args
+from tests.integration.harness import Collector, TestPki, channel, tls_args, wait_for
 from tests.pngpixels import colors
 
 pytestmark = pytest.mark.integration
@@ -81,6 +81,9 @@ def col(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[Coll
         batch = collector_pb2.EventBatch(batch_id=1, events=day_of_events(time.time_ns()))
         acks = list(stub.Ingest(iter([batch]), timeout=10))
     assert acks[0].stored == len(batch.events)
+    # the rules raise a finding about the malicious checkpoint: the report lists it
+    wait_for(lambda: list(c.stub.ListFindings(collector_pb2.FindingQuery(), timeout=10)),
+             timeout=60)
     yield c
     c.stop()
 
@@ -109,8 +112,9 @@ def test_html_report_shows_who_used_the_gpu_with_what_code(col, pki, tmp_path) -
                          timeout=60, env={**os.environ, "HOME": str(tmp_path)}).stdout
     # what the browser parsed: both users' sessions drawn, the code and loss listed
     assert dom.count('class="session"') == 4  # 2 sessions x (per-user + per-GPU chart)
+    assert 'class="finding-bar"' in dom
     for text in ("alice", "bob", "NVIDIA H100 80GB HBM3", "ab" * 32, "malicious", "os.system",
-                 "kernel: 7", "incomplete", "2.00"):
+                 "kernel: 7", "incomplete", "2.00", "checkpoint-malicious"):
         assert text in dom, text
     # the hostile path is text, not markup
     assert "<script>" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
