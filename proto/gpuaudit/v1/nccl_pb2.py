@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuaudit/v1/nccl.proto\x12\x0bgpuaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n\x0cNcclCommInit\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0e\n\x06nranks\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07\x63omm_id\x18\x04 \x01(\t\x12\x0f\n\x07library\x18\x05 \x01(\t\x12\x16\n\x0elibrary_sha256\x18\x06 \x01(\t\x12\x38\n\x08nccl_env\x18\x07 \x03(\x0b\x32&.gpuaudit.v1.NcclCommInit.NcclEnvEntry\x12\x0e\n\x06result\x18\x08 \x01(\x03\x1a.\n\x0cNcclEnvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x0eNcclCollective\x12\x0f\n\x07\x63omm_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12.\n\nfirst_call\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_call\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x0bNcclCommEnd\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07\x63omm_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x62ort\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuaudit/v1/nccl.proto\x12\x0bgpuaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\x0cNcclCommInit\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0e\n\x06nranks\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07\x63omm_id\x18\x04 \x01(\t\x12\x0f\n\x07library\x18\x05 \x01(\t\x12\x16\n\x0elibrary_sha256\x18\x06 \x01(\t\x12\x38\n\x08nccl_env\x18\x07 \x03(\x0b\x32&.gpuaudit.v1.NcclCommInit.NcclEnvEntry\x12\x0e\n\x06result\x18\x08 \x01(\x03\x12\x14\n\x0c\x63omm_handles\x18\t \x03(\x04\x1a.\n\x0cNcclEnvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x02\n\x0eNcclCollective\x12\x0f\n\x07\x63omm_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12.\n\nfirst_call\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_call\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10interval_log2_ns\x18\x08 \x03(\x04\x12\x13\n\x0b\x63omm_handle\x18\t \x01(\x04\x12\x0c\n\x04rank\x18\n \x01(\x05\x12\x0e\n\x06nranks\x18\x0b \x01(\x05\"d\n\x0bNcclCommEnd\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07\x63omm_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x62ort\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x03\x12\x13\n\x0b\x63omm_handle\x18\x05 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NCCLCOMMINIT_NCCLENVENTRY']._loaded_options = None
   _globals['_NCCLCOMMINIT_NCCLENVENTRY']._serialized_options = b'8\001'
   _globals['_NCCLCOMMINIT']._serialized_start=73
-  _globals['_NCCLCOMMINIT']._serialized_end=315
-  _globals['_NCCLCOMMINIT_NCCLENVENTRY']._serialized_start=269
-  _globals['_NCCLCOMMINIT_NCCLENVENTRY']._serialized_end=315
-  _globals['_NCCLCOLLECTIVE']._serialized_start=318
-  _globals['_NCCLCOLLECTIVE']._serialized_end=506
-  _globals['_NCCLCOMMEND']._serialized_start=508
-  _globals['_NCCLCOMMEND']._serialized_end=587
+  _globals['_NCCLCOMMINIT']._serialized_end=337
+  _globals['_NCCLCOMMINIT_NCCLENVENTRY']._serialized_start=291
+  _globals['_NCCLCOMMINIT_NCCLENVENTRY']._serialized_end=337
+  _globals['_NCCLCOLLECTIVE']._serialized_start=340
+  _globals['_NCCLCOLLECTIVE']._serialized_end=605
+  _globals['_NCCLCOMMEND']._serialized_start=607
+  _globals['_NCCLCOMMEND']._serialized_end=707
 # @@protoc_insertion_point(module_scope)
