@@ -31,6 +31,7 @@ import grpc
 from collector import render
 from collector.cli_args import (
     UsageError,
+    cidr_list,
     listen_arg,
     not_negative,
     positive,
@@ -224,7 +225,7 @@ def _add_sensor_flags(p: argparse.ArgumentParser) -> None:
                    help="system library directories: code.load of a non-GPU process is "
                    "reported only from outside them, comma-separated "
                    "(default: /lib,/lib64,/usr/lib,/usr/lib64,/usr/libexec)")
-    p.add_argument("--cluster-cidrs", metavar="CIDRS", default=None,
+    p.add_argument("--cluster-cidrs", metavar="CIDRS", type=cidr_list, default=None,
                    help="networks inside the cluster (net.* peer_in_cluster), comma-separated "
                    "(default: none, i.e. every peer is outside)")
     p.add_argument("--checkpoint-max-bytes", metavar="BYTES", type=positive(int), default=None,

@@ -9,6 +9,7 @@ turns it into exit 2 too.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Callable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -73,3 +74,19 @@ def _number(kind: Callable[[str], float | int], text: str) -> float | int:
 def split_values(values: Sequence[str]) -> list[str]:
     """Flatten repeated and comma-separated flag values."""
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def cidr_list(text: str) -> str:
+    """A comma-separated list of networks (``--cluster-cidrs``), checked, returned as given.
+
+    Host bits set (10.0.0.1/24) are refused: the operator most likely meant
+    something else, and a wrong cluster boundary mislabels every connection.
+    """
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=True)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a network: {err}") from None
+    return text

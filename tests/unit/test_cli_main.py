@@ -366,3 +366,13 @@ def test_tls_client_to_a_plaintext_collector_says_so(capsys, pki, address):
                        "--tls-dir", str(pki.readers["ops"].cert.parent))
     assert code == 1
     assert f"the collector at {address} speaks plaintext (it runs --insecure), not TLS" in err
+
+
+def test_agent_refuses_a_cluster_cidr_that_is_not_a_network(capsys) -> None:
+    # a wrong cluster boundary would mislabel every connection: refused at start
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["agent", "--cluster-cidrs", "10.0.0.0/8,10.1.2.3/16"])
+    assert exit_.value.code == 2
+    assert "'10.1.2.3/16' is not a network" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["agent", "--cluster-cidrs", "10.0.0.0/8, fd00::/8"])
+    assert args.cluster_cidrs == "10.0.0.0/8, fd00::/8"
