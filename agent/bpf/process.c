@@ -5,6 +5,11 @@
  * and emitted from sched_process_exec, which fires only when exec succeeded.
  * Exit status comes from exit_group()/exit() arguments and fatal signals from
  * the signal tracepoints, because task_struct->exit_code must not be read.
+ *
+ * process.exec's preload variables (LD_PRELOAD, PYTHONPATH, ...) are read from
+ * the envp passed to exec, at the same moment as argv: reading them later from
+ * /proc/PID/environ would miss a process that exits within a millisecond, and
+ * a preloaded library can overwrite that memory before the agent looks.
  */
 
 struct exec_args {
@@ -15,6 +20,106 @@ struct exec_args {
 
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_args, 1);
 BPF_TABLE("lru_hash", u32, struct exec_args, exec_inflight, 4096);
+
+/* Preload variables of one exec, parked like argv (only when one is set). */
+struct exec_env {
+    u32 set;
+    u32 cut;
+    u32 partial;
+    u32 pad;
+    char val[EXEC_ENV_VARS][EXEC_ENV_VAL_LEN];
+};
+
+BPF_PERCPU_ARRAY(exec_env_scratch, struct exec_env, 1);
+BPF_TABLE("lru_hash", u32, struct exec_env, exec_env_inflight, 1024);
+
+#define ENV_PREFIX_LEN 24 /* longest name + '=' is NCCL_PROFILER_PLUGIN= (21) */
+
+/* 1 when s starts with the n-byte literal `name` (unrolled: the literal's
+ * bytes become immediates, no string constant in the program). */
+static __always_inline int env_is(const char *s, const char *name, int n)
+{
+#pragma unroll
+    for (int j = 0; j < ENV_PREFIX_LEN; j++) {
+        if (j >= n)
+            return 1;
+        if (s[j] != name[j])
+            return 0;
+    }
+    return 1;
+}
+
+#define ENV_IS(s, lit) env_is(s, lit, sizeof(lit) - 1)
+#define ENV_MATCH(s, lit, i) \
+    if (ENV_IS(s, lit)) {    \
+        *off = sizeof(lit) - 1; \
+        return i;            \
+    }
+
+/* Index of the preload variable `s` ("NAME=value") sets, -1 for any other;
+ * *off is where its value starts. Order = process.py PRELOAD_VARS. The first
+ * byte decides which names are compared at all (most variables stop there). */
+static __always_inline int env_index(const char *s, int *off)
+{
+    if (s[0] == 'L') {
+        ENV_MATCH(s, "LD_PRELOAD=", 0);
+        ENV_MATCH(s, "LD_LIBRARY_PATH=", 1);
+        ENV_MATCH(s, "LD_AUDIT=", 2);
+    } else if (s[0] == 'P') {
+        ENV_MATCH(s, "PYTHONPATH=", 3);
+        ENV_MATCH(s, "PYTHONSTARTUP=", 4);
+    } else if (s[0] == 'N') {
+        ENV_MATCH(s, "NCCL_NET_PLUGIN=", 5);
+        ENV_MATCH(s, "NCCL_PROFILER_PLUGIN=", 6);
+        ENV_MATCH(s, "NCCL_TUNER_PLUGIN=", 7);
+    }
+    return -1;
+}
+
+/* Scan the first EXEC_ENV_SCAN entries of envp. A variable given twice keeps
+ * its LAST value: that is the one ld.so (and Python's os.environ) use. */
+static __always_inline void exec_env_enter(const char *const *envp)
+{
+    u32 zero = 0;
+    struct exec_env *e = exec_env_scratch.lookup(&zero);
+    if (!e || !envp)
+        return;
+    e->set = 0;
+    e->cut = 0;
+    e->partial = 0;
+    for (int i = 0; i < EXEC_ENV_SCAN; i++) {
+        const char *p = NULL;
+        char pre[ENV_PREFIX_LEN] = {};
+        int off = 0;
+        bpf_probe_read_user(&p, sizeof(p), &envp[i]);
+        if (!p)
+            goto done;
+        if (bpf_probe_read_user_str(pre, sizeof(pre), p) < 10)
+            continue; /* shorter than "LD_AUDIT=" + one byte + NUL */
+        int idx = env_index(pre, &off);
+        if (idx < 0)
+            continue;
+        idx &= EXEC_ENV_VARS - 1;
+        off &= 31; /* bounds the offset for the verifier (at most 21) */
+        int n = bpf_probe_read_user_str(e->val[idx], EXEC_ENV_VAL_LEN, p + off);
+        e->set |= 1u << idx;
+        if (n >= EXEC_ENV_VAL_LEN)
+            e->cut |= 1u << idx;
+        else
+            e->cut &= ~(1u << idx);
+    }
+    {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &envp[EXEC_ENV_SCAN]);
+        if (more)
+            e->partial = 1;
+    }
+done:
+    if (!e->set && !e->partial)
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_env_inflight.update(&tid, e);
+}
 
 /* How a thread group is ending, keyed by tgid. */
 struct exit_state {
@@ -71,11 +176,13 @@ done:;
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
+    exec_env_enter(args->envp);
     return exec_enter(args->argv);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 {
+    exec_env_enter(args->envp);
     return exec_enter(args->argv);
 }
 
@@ -84,6 +191,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execve)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     exec_inflight.delete(&tid);
+    exec_env_inflight.delete(&tid);
     return 0;
 }
 
@@ -91,19 +199,48 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     exec_inflight.delete(&tid);
+    exec_env_inflight.delete(&tid);
     return 0;
+}
+
+/* The preload record of this exec, reserved BEFORE the exec_rec so that it
+ * precedes it in the ring; NULL when none is parked or the ring is full. */
+static __always_inline struct exec_env_rec *exec_env_reserve(u32 old)
+{
+    struct exec_env *e = exec_env_inflight.lookup(&old);
+    if (!e)
+        return NULL;
+    struct exec_env_rec *r = events.ringbuf_reserve(sizeof(struct exec_env_rec));
+    if (!r) {
+        count_lost(); /* the exec is still reported, without its preload */
+        exec_env_inflight.delete(&old);
+        return NULL;
+    }
+    fill_hdr(&r->h, OP_EXEC_ENV);
+    r->old_tid = old;
+    r->set = e->set;
+    r->cut = e->cut;
+    r->partial = e->partial;
+    bpf_probe_read_kernel(r->val, sizeof(r->val), e->val);
+    exec_env_inflight.delete(&old);
+    return r;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+    u32 old = args->old_pid;
+    struct exec_env_rec *env = exec_env_reserve(old);
     struct exec_rec *r = events.ringbuf_reserve(sizeof(struct exec_rec));
     if (!r) {
         count_lost();
+        if (env) /* an env record with no exec after it would be misread */
+            events.ringbuf_discard(env, 0);
         return 0;
     }
+    if (env)
+        events.ringbuf_submit(env, 0);
     fill_hdr(&r->h, OP_EXEC);
     u32 tgid = r->h.pid; /* r must not be touched after submit */
-    u32 old = args->old_pid;
     r->old_tid = old;
     r->pad = 0;
     TP_DATA_LOC_READ_STR(r->filename, filename, EXEC_FILENAME_LEN);
@@ -129,6 +266,12 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     u32 child = args->child_pid;
     u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
     fork_parent.update(&child, &parent_tgid);
+    /* --- file.write (owner: agent/bpf/gpu_open.c): the child inherits its
+     * parent's cwd entry; one probe per tracepoint, so it is called from here. */
+#ifdef GPUAUDIT_OPEN_CLASSIFIER
+    files_cwd_inherit(parent_tgid, child);
+#endif
+    /* --- end file.write */
     return 0;
 }
 
@@ -254,6 +397,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     }
     exit_info.delete(&tgid);
     gpu_holders.delete(&tgid);
+    accel_procs.delete(&tgid); /* set by code.load / NCCL for this process only */
     fork_parent.delete(&tgid);
     return 0;
 }

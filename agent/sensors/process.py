@@ -2,30 +2,134 @@
 
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import signal as signal_mod
+from collections import OrderedDict
 from collections.abc import Callable
 
 from agent import procfs
+from agent.codeload.fileless import HomeDirs, fileless_kind
 from agent.enrich import PwdUserLookup
 from agent.record import Record
 from agent.sensors.base import BootClock, BpfSensor, header_record
-from agent.sensors.records import OP_EXEC, OP_EXIT, OP_SIGNAL, ExecRec, ExitRec, SignalRec
+from agent.sensors.records import (
+    OP_EXEC,
+    OP_EXIT,
+    OP_SIGNAL,
+    C,
+    ExecRec,
+    ExitRec,
+    Hdr,
+    SignalRec,
+)
 from gpuaudit.v1 import events_pb2
 
+OP_EXEC_ENV: int = C["OP_EXEC_ENV"]
 
-def decode_exec(data: bytes, clock: BootClock) -> Record:
-    r = ExecRec.from_buffer_copy(data)
-    argc = min(r.argc, len(r.argv))
-    argv = [r.argv[i].value.decode(errors="replace") for i in range(argc)]
-    filename = r.filename.decode(errors="replace")
-    payload = events_pb2.ProcessExec(
-        filename=filename, argv=argv, argv_truncated=bool(r.truncated), source="ebpf"
+# The variables process.c's env_index() looks for, in its order (bit i of
+# exec_env_rec.set is PRELOAD_VARS[i]).
+PRELOAD_VARS = (
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP",
+    "NCCL_NET_PLUGIN", "NCCL_PROFILER_PLUGIN", "NCCL_TUNER_PLUGIN",
+)
+
+
+class ExecEnvRec(ct.Structure):
+    _fields_ = (
+        ("h", Hdr),
+        ("old_tid", ct.c_uint32),
+        ("set", ct.c_uint32),
+        ("cut", ct.c_uint32),
+        ("partial", ct.c_uint32),
+        ("val", (ct.c_char * C["EXEC_ENV_VAL_LEN"]) * C["EXEC_ENV_VARS"]),
     )
-    rec = header_record("process.exec", r.h, clock, payload)
-    rec.exe_hint = filename
-    rec.argv_hint = argv
-    return rec
+
+
+def environ_preload(data: bytes) -> dict[str, str]:
+    """The preload variables in a /proc/PID/environ image (last one wins, as in ld.so)."""
+    found: dict[str, str] = {}
+    for entry in data.split(b"\0"):
+        name, eq, value = entry.partition(b"=")
+        key = name.decode(errors="replace")
+        if eq and key in PRELOAD_VARS:
+            found[key] = procfs.decode(value)
+    return found
+
+
+class ExecDecoder:
+    """process.exec records, with fileless/preload read around them.
+
+    The kernel emits a process's exec_env_rec (when a preload variable was
+    set) just before its exec_rec; :meth:`decode_env` keeps it until
+    :meth:`decode_exec` takes it. /proc is read at decode time for what the
+    kernel cannot say: /proc/PID/exe for ``fileless``, and /proc/PID/environ
+    only to complete a value longer than EXEC_ENV_VAL_LEN - 1 bytes or
+    variables beyond the first EXEC_ENV_SCAN entries (a process already gone
+    keeps what the kernel read).
+    """
+
+    PENDING_MAX = 1024
+
+    def __init__(self, proc_root: str = "/proc",
+                 homes: Callable[[], tuple[str, ...]] | None = None) -> None:
+        self._proc_root = proc_root
+        self._homes = homes or HomeDirs()
+        self._pending: OrderedDict[int, ExecEnvRec] = OrderedDict()
+
+    def decode_env(self, data: bytes, clock: BootClock) -> Record | None:
+        r = ExecEnvRec.from_buffer_copy(data)
+        self._pending[r.h.pid] = r
+        if len(self._pending) > self.PENDING_MAX:  # only if exec records went undecodable
+            self._pending.popitem(last=False)
+        return None
+
+    def decode_exec(self, data: bytes, clock: BootClock) -> Record:
+        r = ExecRec.from_buffer_copy(data)
+        argc = min(r.argc, len(r.argv))
+        argv = [r.argv[i].value.decode(errors="replace") for i in range(argc)]
+        filename = r.filename.decode(errors="replace")
+        env = self._pending.pop(r.h.pid, None)
+        if env is not None and env.old_tid != r.old_tid:
+            env = None
+        exe, cwd = self._links(r.h.pid)
+        kind = fileless_kind(exe, filename, cwd, self._homes())
+        payload = events_pb2.ProcessExec(
+            filename=filename, argv=argv, argv_truncated=bool(r.truncated), source="ebpf",
+            fileless=bool(kind), fileless_kind=kind, preload=self._preload(r.h.pid, env),
+        )
+        rec = header_record("process.exec", r.h, clock, payload)
+        rec.exe_hint = filename
+        rec.argv_hint = argv
+        return rec
+
+    def _links(self, pid: int) -> tuple[str, str]:
+        """(exe, cwd) readlinks of ``pid``, "" for what is gone."""
+        out = []
+        for name in ("exe", "cwd"):
+            try:
+                out.append(os.readlink(f"{self._proc_root}/{pid}/{name}"))
+            except OSError:
+                out.append("")
+        return out[0], out[1]
+
+    def _preload(self, pid: int, env: ExecEnvRec | None) -> dict[str, str]:
+        if env is None:
+            return {}
+        found = {name: procfs.decode(env.val[i].value)
+                 for i, name in enumerate(PRELOAD_VARS) if env.set & (1 << i)}
+        if env.cut or env.partial:
+            try:
+                with open(f"{self._proc_root}/{pid}/environ", "rb") as f:
+                    found.update(environ_preload(f.read(procfs.MAX_READ * 4)))
+            except OSError:
+                pass  # gone: keep what the kernel read
+        return found
+
+
+_EXEC = ExecDecoder()
+decode_exec = _EXEC.decode_exec
+decode_exec_env = _EXEC.decode_env
 
 
 def decode_exit(data: bytes, clock: BootClock) -> Record:
@@ -122,5 +226,7 @@ SENSOR = BpfSensor(
         "signal:signal_deliver",
     ),
     optional_fields=(("HAVE_EXIT_GROUP_DEAD", "sched:sched_process_exit:group_dead"),),
-    decoders={OP_EXEC: decode_exec, OP_EXIT: decode_exit, OP_SIGNAL: decode_signal},
+    decoders={OP_EXEC: decode_exec, OP_EXEC_ENV: decode_exec_env, OP_EXIT: decode_exit,
+              OP_SIGNAL: decode_signal},
+    mirrors={"exec_env_rec": ExecEnvRec},
 )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuaudit/v1/code.proto\x12\x0bgpuaudit.v1\"\xb2\x01\n\x08\x43odeLoad\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x66ile_uid\x18\x04 \x01(\r\x12\x1a\n\x12writable_by_others\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x08 \x01(\x04\x12\r\n\x05inode\x18\t \x01(\x04\x12\x12\n\nhash_error\x18\n \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpuaudit/v1/code.proto\x12\x0bgpuaudit.v1\"\xc3\x01\n\x08\x43odeLoad\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x66ile_uid\x18\x04 \x01(\r\x12\x1a\n\x12writable_by_others\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x08 \x01(\x04\x12\r\n\x05inode\x18\t \x01(\x04\x12\x12\n\nhash_error\x18\n \x01(\t\x12\x0f\n\x07syscall\x18\x0b \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpuaudit.v1.code_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CODELOAD']._serialized_start=40
-  _globals['_CODELOAD']._serialized_end=218
+  _globals['_CODELOAD']._serialized_end=235
 # @@protoc_insertion_point(module_scope)

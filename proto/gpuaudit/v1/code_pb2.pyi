@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CodeLoad(_message.Message):
-    __slots__ = ("path", "sha256", "size", "file_uid", "writable_by_others", "kind", "source", "dev", "inode", "hash_error")
+    __slots__ = ("path", "sha256", "size", "file_uid", "writable_by_others", "kind", "source", "dev", "inode", "hash_error", "syscall")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class CodeLoad(_message.Message):
     DEV_FIELD_NUMBER: _ClassVar[int]
     INODE_FIELD_NUMBER: _ClassVar[int]
     HASH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SYSCALL_FIELD_NUMBER: _ClassVar[int]
     path: str
     sha256: str
     size: int
@@ -26,4 +27,5 @@ class CodeLoad(_message.Message):
     dev: int
     inode: int
     hash_error: str
-    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., file_uid: _Optional[int] = ..., writable_by_others: _Optional[bool] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., hash_error: _Optional[str] = ...) -> None: ...
+    syscall: str
+    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., file_uid: _Optional[int] = ..., writable_by_others: _Optional[bool] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., hash_error: _Optional[str] = ..., syscall: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,2 @@
+"""code.load's user-space parts: mapping resolution, report rule, hashing,
+and process.exec's fileless classification."""
