@@ -115,6 +115,22 @@ class Enricher:
         """Drop the cache for ``pid``; call after its process.exit was enriched."""
         self._cache.pop(pid, None)
 
+    def identity_of(self, pid: int) -> tuple[str, str] | None:
+        """(user, comm) of ``pid`` as last seen in its events, None when never seen.
+
+        For a process that is gone by the time an event about it is decoded (a
+        signal's target killed and reaped at once): the agent saw its earlier
+        events (a GPU holder opened a GPU), so it still knows who it was.
+        """
+        info = self._cache.get(pid)
+        if info is None:
+            return None
+        # the kernel's uid and comm of its latest event (in the blocks built for
+        # it) win over what /proc said, as they do in the events themselves
+        for block in reversed(info.built.values()):
+            return block.user, block.comm
+        return self._user_name(info.uid), info.comm
+
     def exe_deleted(self, pid: int) -> bool:
         """Whether the cached executable of ``pid`` had been unlinked ("(deleted)")."""
         info = self._cache.get(pid)

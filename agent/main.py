@@ -30,6 +30,7 @@ from agent.pipeline import Identity, Processor
 from agent.procfs import ProcfsPoller, gpu_holders, inventory
 from agent.queue import DroppingQueue
 from agent.record import Record
+from agent.sensors import process as process_sensor
 from agent.sensors.base import BootClock, SensorContext, SensorHooks, SensorRuntime
 from agent.sensors.loader import LoadResult, load_sensors, sensor_status
 from agent.sensors.registry import BPF_SENSORS
@@ -91,6 +92,8 @@ class Agent:
         self.inbox: DroppingQueue[bytes | Record] = DroppingQueue(cfg.inbox_size)
         self.spool: DiskSpool | None = None
         self.enricher = Enricher(proc_root=cfg.proc_root, cgroup_root=cfg.cgroup_root)
+        # a signal's or ptrace's target already reaped is named from the agent's memory
+        process_sensor.TARGETS.remembered = self.enricher.identity_of
         self.load = LoadResult()
         self.hooks = SensorHooks()
         self.runtimes: list[SensorRuntime] = []
@@ -100,6 +103,7 @@ class Agent:
         self.shipper: Shipper | None = None
         self.gpu = NvmlSensor(library=cfg.nvml_library, opened=self._opened_gpu)
         self.stopping = threading.Event()  # producers stop
+        self.processor_stop = threading.Event()  # the processor stops (after the producers)
         self.ship_stop = threading.Event()  # shipper stops (after draining)
         self.threads: list[threading.Thread] = []
 
@@ -203,7 +207,7 @@ class Agent:
 
     def step_threads(self) -> None:
         assert self.processor is not None and self.shipper is not None
-        self._spawn("processor", self.processor.run, self.stopping)
+        self._spawn("processor", self.processor.run, self.processor_stop)
         self._spawn("shipper", self.shipper.run, self.ship_stop)
         if self.ring is not None:
             self._spawn("ring", self.ring.run, self.stopping)
@@ -272,8 +276,16 @@ class Agent:
     def teardown(self) -> None:
         """Stop producers, let the processor finish, give the shipper time to drain."""
         self.stopping.set()
+        # producers first (ring, pollers, the sensors' workers: a hashing or
+        # scanning worker may still hand over finished events), then the
+        # processor, which empties the inbox into the spool before it returns
+        last = ("gpuaudit-processor", "gpuaudit-shipper")
         for t in self.threads:
-            if t.name != "gpuaudit-shipper":
+            if t.name not in last:
+                t.join(timeout=5)
+        self.processor_stop.set()
+        for t in self.threads:
+            if t.name == "gpuaudit-processor":
                 t.join(timeout=5)
         spool = self.spool
         if spool is not None and not spool.wait_drained(self.cfg.drain_s):

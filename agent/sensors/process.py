@@ -162,19 +162,23 @@ class TargetIdentity:
 
     Read when the record is decoded, right after the kernel emitted it, so the
     target normally still exists (a killed one stays readable as a zombie until
-    reaped). Never raises: a vanished or unreadable target gives ("", "").
+    reaped). A target already gone is looked up in what the agent remembers of
+    it (``remembered``). Never raises: an unknown target gives ("", "").
     """
 
     def __init__(self, proc_root: str = "/proc",
                  user_lookup: Callable[[int], str] | None = None) -> None:
         self._proc_root = proc_root
         self._user = user_lookup or PwdUserLookup()
+        # Who a pid was, from the agent's own earlier events (Enricher.identity_of),
+        # for a target already reaped; set by the agent at start.
+        self.remembered: Callable[[int], tuple[str, str] | None] = lambda _pid: None
 
     def __call__(self, pid: int) -> tuple[str, str]:
         try:
             dir_fd = procfs.open_dir(f"{self._proc_root}/{pid}")
         except OSError:
-            return "", ""
+            return self.remembered(pid) or ("", "")
         try:
             return self._user_of(dir_fd), self._comm_of(dir_fd)
         finally:
@@ -194,7 +198,9 @@ class TargetIdentity:
             return ""
 
 
-_TARGETS = TargetIdentity()
+TARGETS = TargetIdentity()
+"""The one TargetIdentity the decoders of process.signal, ptrace and vm_write share."""
+_TARGETS = TARGETS
 
 
 def decode_signal(data: bytes, clock: BootClock,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from agent.record import Record
 from agent.sensors.base import BootClock, BpfSensor, header_record
-from agent.sensors.process import TargetIdentity
+from agent.sensors.process import TARGETS
 from agent.sensors.records import (
     OP_BPF_LOAD,
     OP_MODULE_LOAD,
@@ -49,7 +49,7 @@ BPF_PROG_TYPES = (
 MODULE_SYSCALLS = ("init_module", "finit_module")
 
 Target = Callable[[int], tuple[str, str]]
-_TARGETS = TargetIdentity()
+_TARGETS = TARGETS  # shared: the agent tells it what it remembers
 
 
 def decode_ptrace(data: bytes, clock: BootClock, target: Target = _TARGETS) -> Record:

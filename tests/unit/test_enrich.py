@@ -258,3 +258,16 @@ def test_symlinked_exec_filename_is_resolved_when_proc_is_gone(enricher, tmp_pat
     link = tmp_path / "python"
     link.symlink_to(real)
     assert enricher.process_for(exec_rec(31, str(link), ["python"])).exe == str(real)
+
+
+def test_a_reaped_target_is_named_from_the_agents_memory(tmp_path, enricher):
+    from agent.sensors.process import TargetIdentity
+
+    # the target opened a GPU (an event the enricher saw), then was killed and reaped
+    enricher.process_for(exec_rec(700, "/usr/bin/python3", ["python3", "train.py"],
+                                  uid=1001, gid=1001, comm="python3", ppid=1))
+    targets = TargetIdentity(str(tmp_path / "proc"), USERS.get)
+    assert targets(700) == ("", "")  # /proc has nothing, and nothing remembered yet
+    targets.remembered = enricher.identity_of
+    assert targets(700) == ("bob", "python3")
+    assert targets(701) == ("", "")  # never seen: unknown, not guessed
