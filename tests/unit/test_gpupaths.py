@@ -38,7 +38,8 @@ def test_prefixes_are_the_ones_the_kernel_filter_compares():
     # agent/bpf/gpu_open.c spells the prefixes out as character compares;
     # rebuild the strings from that code so the two cannot drift apart.
     src = (Path(__file__).parents[2] / "agent/bpf/gpu_open.c").read_text()
-    body = src[src.index("is_gpu_prefix"):src.index("static __always_inline int open_enter")]
+    start = src.index("static __always_inline int is_gpu_prefix")
+    body = src[start:src.index("static __always_inline", start + 1)]
     pairs = [(int(i), c) for i, c in re.findall(r"p\[(\d+)\] [!=]= '(.)'", body)]
     # in source order: "/dev/" (0-4), "nvidia" (5-10), "dri/renderD" (5-15)
     assert [i for i, _ in pairs] == [*range(5), *range(5, 11), *range(5, 16)]
