@@ -61,15 +61,18 @@ def from_event(d: dict[str, Any]) -> dict[str, Any]:
     out.update(body)
     out.setdefault("device", o.device(d.get("node", "")))
     out["unmapped"] = _leftovers(d)
-    return out
+    return _declare_profiles(out)
 
 
 def base_event(d: dict[str, Any]) -> dict[str, Any]:
     """A Base Event (class 0, activity 99 Other) carrying the whole gpuaudit event."""
     out = _header(o.BASE, 99, d.get("type", "Other"), event_severity(d), d)
     out["message"] = f"gpuaudit {d.get('type', '')} on {d.get('node', '')}"
+    out["device"] = o.device(d.get("node", ""))
+    if d.get("process"):
+        out["actor"] = o.actor(d["process"])
     out["unmapped"] = {"gpuaudit": d}
-    return out
+    return _declare_profiles(out)
 
 
 def from_finding(f: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def from_finding(f: dict[str, Any]) -> dict[str, Any]:
     if proc:
         out["actor"] = o.actor({**proc, "cmdline": []})
     out["unmapped"] = {"gpuaudit_finding": f}
-    return out
+    return _declare_profiles(out)
 
 
 def event_severity(d: dict[str, Any]) -> int:
@@ -109,6 +112,23 @@ def event_severity(d: dict[str, Any]) -> int:
 # -- common parts
 
 
+def _declare_profiles(out: dict[str, Any]) -> dict[str, Any]:
+    """List the OCSF profiles the event uses in ``metadata.profiles``.
+
+    ``host`` always: every output is about a node (``device``) and most about a
+    process on it (``actor``), which Network Activity, Detection Finding and the
+    Base Event define only through that profile. ``container`` when a process
+    carries ``container``, an attribute of that profile only.
+    """
+    profiles = ["host"]
+    procs = [out.get("process"), (out.get("actor") or {}).get("process")]
+    if any(isinstance(p, dict) and "container" in p for p in procs):
+        profiles.append("container")
+    out["metadata"]["profiles"] = profiles
+    return out
+
+
+
 def _base_fields(cls: o.Cls, activity_id: int, activity_name: str, sev: int, t_ms: int) -> dict:
     class_uid, category_uid, class_name, category_name = cls
     return {
@@ -116,7 +136,8 @@ def _base_fields(cls: o.Cls, activity_id: int, activity_name: str, sev: int, t_m
         "category_uid": category_uid, "category_name": category_name,
         "activity_id": activity_id, "activity_name": activity_name,
         "type_uid": class_uid * 100 + activity_id,
-        "type_name": f"{class_name}: {activity_name}",
+        # the caption of type_uid: for 99 Other, activity_name carries our label instead
+        "type_name": f"{class_name}: {'Other' if activity_id == 99 else activity_name}",
         "severity_id": sev, "severity": SEVERITY_NAMES.get(sev, "Other"),
         "time": t_ms,
     }

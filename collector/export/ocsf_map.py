@@ -75,7 +75,8 @@ def _device_open(key: str) -> Callable[[dict], Mapped]:
 
 def _file_write(d: dict) -> Mapped:
     p, x = d.get("process") or {}, d["file_write"]
-    act = FILE_OPS.get(x.get("op", ""), (99, "Other"))
+    # 99 Other: activity_name carries the source's own label (OCSF's rule for Other)
+    act = FILE_OPS.get(x.get("op", ""), (99, x.get("op") or "Other"))
     owner = o.user(x.get("file_uid", 0))
     res = int(x.get("result", 0))
     body: dict[str, Any] = {"actor": o.actor(p), **o.status(res >= 0, res)}
@@ -137,22 +138,26 @@ def _conn_info(x: dict, direction: int) -> dict:
 def _net(kind: str) -> Callable[[dict], Mapped]:
     def mapper(d: dict) -> Mapped:
         p, x = d.get("process") or {}, d[f"net_{kind}"]
-        local = o.endpoint(x.get("local_addr", ""), x.get("local_port"))
+        # the local end is on the node: named by it when the kernel gave no address
+        local = o.endpoint(x.get("local_addr", ""), x.get("local_port"),
+                           d.get("node") or "unknown")
         remote = o.endpoint(x.get("remote_addr", ""), x.get("remote_port"))
         res = int(x.get("result", 0))
         ok = res >= 0 or res == -EINPROGRESS
         body: dict[str, Any] = {"actor": o.actor(p), **o.status(ok, res)}
         if kind == "listen":
             act = (7, "Listen")
-            body.update(dst_endpoint=local, connection_info=_conn_info(x, 0))
+            ends = {"dst_endpoint": local}
+            info = _conn_info(x, 0)
         elif kind == "accept":
             act = (1, "Open")
-            body.update(src_endpoint=remote, dst_endpoint=local,
-                        connection_info=_conn_info(x, o.DIRECTION_INBOUND))
+            ends = {"src_endpoint": remote, "dst_endpoint": local}
+            info = _conn_info(x, o.DIRECTION_INBOUND)
         else:
             act = (1, "Open") if ok else ((5, "Refuse") if res == -ECONNREFUSED else (4, "Fail"))
-            body.update(src_endpoint=local, dst_endpoint=remote,
-                        connection_info=_conn_info(x, o.DIRECTION_OUTBOUND))
+            ends = {"src_endpoint": local, "dst_endpoint": remote}
+            info = _conn_info(x, o.DIRECTION_OUTBOUND)
+        body.update({k: v for k, v in ends.items() if v is not None}, connection_info=info)
         return o.NETWORK, act[0], act[1], body
     return mapper
 
@@ -160,8 +165,10 @@ def _net(kind: str) -> Callable[[dict], Mapped]:
 def _flow(d: dict) -> Mapped:
     p, x = d.get("process") or {}, d["net_flow"]
     sent, recv = int(x.get("bytes_sent", 0)), int(x.get("bytes_received", 0))
-    body = {"actor": o.actor(p), "dst_endpoint": o.endpoint(x.get("remote_addr", ""),
-                                                          x.get("remote_port")),
+    # bytes_out flow from src (the process's node) to dst (the peer)
+    ends = {"src_endpoint": o.endpoint("", None, d.get("node") or "unknown"),
+            "dst_endpoint": o.endpoint(x.get("remote_addr", ""), x.get("remote_port"))}
+    body = {"actor": o.actor(p), **{k: v for k, v in ends.items() if v is not None},
             "connection_info": _conn_info(x, 0),
             "traffic": {"bytes_out": sent, "bytes_in": recv, "bytes": sent + recv}}
     return o.NETWORK, 6, "Traffic", body

@@ -101,9 +101,16 @@ def hashes(sha256: str | None) -> list[dict] | None:
     return [{"algorithm_id": SHA256, "algorithm": "SHA-256", "value": sha256}] if sha256 else None
 
 
-def endpoint(addr: str, port: Any) -> dict:
-    """An OCSF network_endpoint (an address is required: "unknown" host without one)."""
-    ep: dict[str, Any] = {"ip": addr} if addr else {"hostname": "unknown"}
+def endpoint(addr: str, port: Any, host: str = "") -> dict | None:
+    """An OCSF network_endpoint: the address, else ``host`` (the node, for a local
+    endpoint whose address the kernel did not report); None when neither is known,
+    since OCSF requires an endpoint to name something (at_least_one ip, hostname...)."""
+    if addr:
+        ep: dict[str, Any] = {"ip": addr}
+    elif host:
+        ep = {"hostname": host}
+    else:
+        return None
     if port:
         ep["port"] = int(port)
     return ep

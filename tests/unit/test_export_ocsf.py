@@ -1,5 +1,7 @@
-"""OCSF mapping of every event type and of findings, validated against the vendored
-OCSF 1.5.0 subset with jsonschema; and the validator itself rejects bad output."""
+"""OCSF mapping of every event type and of findings, validated against the official
+OCSF 1.5.0 schema (the compiled export shipped by ocsf-json-schema, turned into a
+JSON Schema per class and validated with jsonschema); and the validator itself
+rejects bad output."""
 
 from __future__ import annotations
 
@@ -126,24 +128,88 @@ def test_mapped_events_keep_their_payload_and_job_identity():
     assert out["actor"]["process"]["cmd_line"] == "python3 'a|b=c\\d\ne]f\"g'"
 
 
-@pytest.mark.parametrize(("etype", "payload", "activity"), [
+ACTIVITIES = [
     ("process.signal", {"signal": 9}, (2, "Terminate")),
     ("process.signal", {"signal": 19}, (99, "Signal")),
     ("process.ptrace", {"request_name": "PTRACE_ATTACH"}, (3, "Open")),
+    ("process.ptrace", {"request_name": "PTRACE_SEIZE", "result": -1}, (3, "Open")),
     ("process.ptrace", {"request_name": "PTRACE_POKETEXT", "result": -1}, (4, "Inject")),
+    ("process.ptrace", {"request_name": "PTRACE_SETREGS"}, (4, "Inject")),
+    ("process.vm_write", {"result": -14}, (4, "Inject")),
+    ("process.exit", {"signal": 0}, (2, "Terminate")),
+    ("process.exec", {"argv": [], "filename": ""}, (1, "Launch")),
     ("net.connect", {"result": -111}, (5, "Refuse")),
     ("net.connect", {"result": -113}, (4, "Fail")),
     ("net.connect", {"result": -115}, (1, "Open")),
+    ("net.connect", {"family": "ipv6", "local_addr": "fe80::1%eth0",
+                     "remote_addr": "2001:db8::7", "peer_in_cluster": False}, (1, "Open")),
+    ("net.connect", {"family": "ipv6", "remote_addr": "::ffff:10.0.0.7",
+                     "local_addr": "", "remote_port": 0}, (1, "Open")),
+    ("net.accept", {"peer_in_cluster": False, "protocol": ""}, (1, "Open")),
+    ("net.listen", {"local_addr": "0.0.0.0", "local_port": 0}, (7, "Listen")),
+    ("net.listen", {"local_addr": "", "family": ""}, (7, "Listen")),
+    ("net.flow", {"family": "ipv6", "remote_addr": "::1"}, (6, "Traffic")),
     ("file.write", {"op": "unlink"}, (4, "Delete")),
     ("file.write", {"op": "create"}, (1, "Create")),
-])
-def test_activity_ids(etype, payload, activity):
+    ("file.write", {"op": "link"}, (1, "Create")),
+    ("file.write", {"op": "open_write", "result": -13}, (3, "Update")),
+    ("file.write", {"op": "truncate"}, (3, "Update")),
+    ("file.write", {"op": "rename", "old_path": ""}, (5, "Rename")),
+    ("file.write", {"op": "chmod"}, (99, "chmod")),
+    ("gpu.open", {"errno": 6}, (14, "Open")),
+    ("net.rdma_open", {"path": "/dev/infiniband/uverbs0"}, (14, "Open")),
+    ("checkpoint.scan", {"verdict": "safe", "sha256": ""}, (2, "Read")),
+    ("checkpoint.scan", {"verdict": "suspicious"}, (2, "Read")),
+    ("checkpoint.scan", {"verdict": "error", "size": 0}, (2, "Read")),
+    ("code.load", {"kind": "memfd", "sha256": "", "path": "/memfd:x (deleted)"}, (1, "Load")),
+    ("code.module_load", {"path": "", "result": -1}, (1, "Load")),
+    ("code.bpf_load", {"prog_name": "", "prog_type_name": "", "result": -1}, (1, "Load")),
+    ("gpu.device", {"name": "", "uuid": ""}, (2, "Collect")),
+]
+
+
+@pytest.mark.parametrize(("etype", "payload", "activity"), ACTIVITIES,
+                         ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(ACTIVITIES)])
+def test_activity_ids_and_variants_are_valid(etype, payload, activity):
     key = etype.replace(".", "_")
     d = jsonform.to_dict(sample_event(key))
     d[key].update(payload)
     out = ocsf.from_event(d)
     assert (out["activity_id"], out["activity_name"]) == activity
     assert ocsfschema.errors(out) == []
+
+
+@pytest.mark.parametrize("bare", [True, False], ids=["pid-only", "no-process"])
+@pytest.mark.parametrize("field", PAYLOADS, ids=lambda f: f.name)
+def test_event_without_process_details_is_valid(field, bare):
+    """A process the agent could not enrich, or a node-level event (no process)."""
+    ev = sample_event(field.name)
+    ev.ClearField("process")
+    if bare:
+        ev.process.pid = 4242
+    out = ocsf.from_item(Item("event", event=ev))
+    assert out is not None
+    assert ocsfschema.errors(out) == []
+    assert out["metadata"]["profiles"] == ["host"]
+
+
+def test_endpoints_name_only_what_is_known():
+    d = jsonform.to_dict(sample_event("net_connect"))
+    d["net_connect"].update(local_addr="", remote_addr="")
+    out = ocsf.from_event(d)
+    assert out["src_endpoint"] == {"hostname": "gpu|01", "port": 7}  # the node itself
+    assert "dst_endpoint" not in out  # no made-up peer
+    assert ocsfschema.errors(out) == []
+    d = jsonform.to_dict(sample_event("net_flow"))
+    out = ocsf.from_event(d)
+    assert (out["src_endpoint"], out["dst_endpoint"]) == ({"hostname": "gpu|01"},
+                                                          {"ip": "10.0.0.7", "port": 7})
+
+
+def test_profiles_are_declared_for_what_is_used():
+    out = ocsf.from_event(jsonform.to_dict(sample_event("gpu_open")))
+    assert out["metadata"]["profiles"] == ["host", "container"]
+    assert out["actor"]["process"]["container"] == {"uid": "c0ffee"}
 
 
 def test_failed_open_is_a_failure_with_the_errno():
@@ -175,6 +241,12 @@ def test_findings_are_valid_detection_findings(count, activity, severity, severi
     assert out["count"] == count and out["end_time"] == out["time"]
 
 
+def test_finding_of_an_unknown_severity_is_other_and_valid():
+    out = ocsf.from_finding(sample_finding(1, "severe-ish"))
+    assert (out["severity_id"], out["severity"]) == (99, "severe-ish")
+    assert ocsfschema.errors(out) == []
+
+
 def test_node_level_finding_has_no_actor_and_is_valid():
     f = sample_finding()
     del f["process"]
@@ -182,34 +254,75 @@ def test_node_level_finding_has_no_actor_and_is_valid():
     assert "actor" not in out and ocsfschema.errors(out) == []
 
 
-def _valid_exec() -> dict[str, Any]:
-    return ocsf.from_event(jsonform.to_dict(sample_event("process_exec")))
+def _valid(field: str = "process_exec") -> dict[str, Any]:
+    return ocsf.from_item(Item("event", event=sample_event(field))) or {}
 
 
-@pytest.mark.parametrize(("break_it", "where"), [
-    (lambda o: o.pop("actor"), "actor"),
-    (lambda o: o.pop("metadata"), "metadata"),
-    (lambda o: o["metadata"].pop("product"), "product"),
-    (lambda o: o.update(severity_id=7), "severity_id"),
-    (lambda o: o.update(type_uid=100702), "type_uid"),
-    (lambda o: o.update(activity_id=6, type_uid=100706), "activity_id"),
-    (lambda o: o.update(category_uid=4), "category_uid"),
-    (lambda o: o.update(time="2026-11-21"), "time"),
-    (lambda o: o["process"].update(pid="4242"), "pid"),
-    (lambda o: o["process"].update(command_line="x"), "command_line"),
-    (lambda o: o["process"].pop("pid"), "pid"),
-    (lambda o: o["device"].pop("type_id"), "type_id"),
-    (lambda o: o["actor"]["user"].update(uid=1000), "uid"),
-])
-def test_validator_rejects_broken_output(break_it, where):
-    out = _valid_exec()
+BROKEN: list[tuple[str, Any, str]] = [  # (payload, how to break it, what the error names)
+    ("process_exec", lambda o: o.pop("actor"), "actor"),
+    ("process_exec", lambda o: o.pop("metadata"), "metadata"),
+    ("process_exec", lambda o: o["metadata"].pop("product"), "product"),
+    ("process_exec", lambda o: o["metadata"].update(version="1.4.0"), "version"),
+    ("process_exec", lambda o: o.update(severity_id=7), "severity_id"),
+    ("process_exec", lambda o: o.update(type_uid=100702), "type_uid"),
+    ("process_exec", lambda o: o.update(activity_id=6, type_uid=100706), "activity_id"),
+    ("process_exec", lambda o: o.update(category_uid=4), "category_uid"),
+    ("process_exec", lambda o: o.update(class_name="Process"), "class_name"),
+    ("process_exec", lambda o: o.update(activity_name="Start"), "activity_name"),
+    ("process_exec", lambda o: o.update(time="2026-11-21"), "time"),
+    ("process_exec", lambda o: o["process"].update(pid="4242"), "pid"),
+    ("process_exec", lambda o: o["process"].update(command_line="x"), "command_line"),
+    ("process_exec", lambda o: o["process"].pop("pid"), "process"),
+    ("process_exec", lambda o: o["process"]["file"].update(bogus=1), "bogus"),
+    ("process_exec", lambda o: o["device"].pop("type_id"), "type_id"),
+    ("process_exec", lambda o: o["process"].update(lineage=["/sbin/init"]), "deprecated"),
+    ("process_exec", lambda o: o["device"].update(type="Laptop"), "device/type"),
+    ("process_exec", lambda o: o["actor"]["user"].update(uid=1000), "uid"),
+    # the profiles: what is used must be declared, and only the class's profiles exist
+    ("process_exec", lambda o: o["metadata"].update(profiles=["host"]), "container"),
+    ("process_exec", lambda o: o["metadata"].update(profiles=["host", "container", "cloud"]),
+     "cloud"),
+    ("process_exec", lambda o: o["metadata"].update(profiles=["host", "container", "gpu"]),
+     "gpu"),
+    ("net_connect", lambda o: o["metadata"].update(profiles=[]), "actor"),
+    ("net_connect", lambda o: o.pop("dst_endpoint") and o.pop("src_endpoint"), "endpoint"),
+    ("net_connect", lambda o: o["dst_endpoint"].update(ip="10.0.0.256"), "ip"),
+    ("net_connect", lambda o: o["dst_endpoint"].update(port=70000), "port"),
+    ("net_connect", lambda o: o["connection_info"].update(direction_id=7), "direction_id"),
+    ("checkpoint_scan", lambda o: o["file"]["hashes"][0].update(value="not-hex"), "value"),
+    ("checkpoint_scan", lambda o: o["file"]["hashes"][0].update(algorithm="SHA-1"),
+     "algorithm"),
+    ("code_load", lambda o: o["module"].pop("load_type_id"), "load_type_id"),
+    ("gpu_device", lambda o: o.pop("device"), "device"),
+    ("agent_loss", lambda o: o.update(type_uid=100), "type_uid"),
+]
+
+
+@pytest.mark.parametrize(("field", "break_it", "where"), BROKEN,
+                         ids=[f"{f}-{w}" for f, _, w in BROKEN])
+def test_validator_rejects_broken_output(field, break_it, where):
+    out = _valid(field)
     assert ocsfschema.errors(out) == []
     broken = copy.deepcopy(out)
     break_it(broken)
     errs = ocsfschema.errors(broken)
-    assert errs, f"breaking {where} went unnoticed"
+    assert any(where in e for e in errs), f"breaking {where} went unnoticed: {errs}"
 
 
-def test_validator_knows_only_the_classes_it_was_given():
-    assert ocsfschema.errors({"class_uid": 3002}) == [
-        "'OCSF class 3002 is not in ocsf-1.5.0-subset.json'"]
+def test_broken_finding_is_rejected():
+    out = ocsf.from_finding(sample_finding())
+    assert ocsfschema.errors(out) == []
+    for key, value in [("analytic", {"type_id": 1}), ("attacks", [{}]), ("uid", 1),
+                       ("product_uid", "x")]:
+        broken = copy.deepcopy(out)
+        broken["finding_info"][key] = value
+        assert any(key in e for e in ocsfschema.errors(broken)), key
+
+
+def test_validator_uses_the_whole_official_schema():
+    """Classes gpuaudit does not emit are known too (Authentication needs a user)."""
+    errs = ocsfschema.errors({"class_uid": 3002})
+    assert ".: 'user' is a required property" in errs
+    assert ".: 'metadata' is a required property" in errs
+    assert ocsfschema.errors({"class_uid": 1234}) == [
+        "class_uid: No class found for uid 1234"]
