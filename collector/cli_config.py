@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from collector import strictyaml
 from collector.cli_args import listen_arg
 
 DEFAULT_CONFIG = "/etc/gpuaudit/gpuaudit.yaml"
@@ -253,7 +254,7 @@ def _read_config(explicit: str | None, default: str) -> tuple[str, dict[str, Any
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        data = strictyaml.load(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -267,19 +268,6 @@ def _read_config(explicit: str | None, default: str) -> tuple[str, dict[str, Any
                           f"{' and '.join(LAYERED_COMMANDS)}, got {_yaml_type(data)}")
     return str(path), data
 
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load, but a key given twice is an error, not a silent "last wins"."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:

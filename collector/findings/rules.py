@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from collector import strictyaml
 from collector.findings.cel import CelError, Environment, Helpers, Program
 from collector.findings.state import StateSpec, parse_state
 from collector.storage.common import SEVERITIES
@@ -100,23 +101,10 @@ def _rule_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice (the second would silently win)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+        data = strictyaml.load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise RuleError(f"{path}: {err}") from None
     data = data or {}
