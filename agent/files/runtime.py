@@ -29,7 +29,9 @@ from agent.sensors.files import (
     AT_FDCWD,
     FOP_NAMES,
     FW_IN_TREE,
+    FW_LINK,
     FW_OPEN,
+    FW_RENAME,
     FW_RMDIR,
     FW_SYMLINK,
     FW_UNLINK,
@@ -71,6 +73,25 @@ def file_owner(path: str, gone: bool) -> int:
         return os.stat(os.path.dirname(path) or "/").st_uid
     except OSError:
         return -1
+
+
+def owner_to_compare(r: FileWriteRec, path: str) -> int:
+    """The uid a change to ``path`` is judged against (file_uid), -1 if unreadable.
+
+    The file's owner, read just after the change; its directory's owner when
+    the file is gone (unlink) or missing. A name the change itself made (a
+    create, the destination of a rename, a link or symlink) belongs to the
+    writer by construction, so it says nothing: then the directory's owner is
+    the one whose tree was changed -- planting sitecustomize.py in root's
+    site-packages, or renaming one's own file over root's module, is someone
+    else's code in root's directory.
+    """
+    gone = r.fop in (FW_UNLINK, FW_RMDIR) and r.result >= 0
+    uid = file_owner(path, gone)
+    made = r.fop in (FW_RENAME, FW_LINK, FW_SYMLINK) or (r.fop == FW_OPEN and r.flags & O_CREAT)
+    if made and uid == r.h.uid:
+        return file_owner(path, gone=True)
+    return uid
 
 
 class FilesRuntime:
@@ -214,8 +235,7 @@ class FilesRuntime:
 
     def _payload(self, r: FileWriteRec, path: str, old: str, tree: str | None
                  ) -> files_pb2.FileWrite:
-        gone = r.fop in (FW_UNLINK, FW_RMDIR) and r.result >= 0
-        uid = file_owner(path, gone) if path.startswith("/") else -1
+        uid = owner_to_compare(r, path) if path.startswith("/") else -1
         is_open = r.fop == FW_OPEN
         return files_pb2.FileWrite(
             path=path, op=open_op(r.flags) if is_open else FOP_NAMES.get(r.fop, "unknown"),

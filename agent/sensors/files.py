@@ -33,6 +33,8 @@ FW_OPEN: int = C["FW_OPEN"]
 FW_UNLINK: int = C["FW_UNLINK"]
 FW_RMDIR: int = C["FW_RMDIR"]
 FW_SYMLINK: int = C["FW_SYMLINK"]
+FW_RENAME: int = C["FW_RENAME"]
+FW_LINK: int = C["FW_LINK"]
 
 
 class FileWriteRec(ct.Structure):

@@ -233,3 +233,17 @@ def test_directory_found_by_its_hash(tmp_path: Path) -> None:
     assert t.directory(path_hash("/nowhere"), str(tree)) is None
     (tree / "nowhere").mkdir()
     assert t.directory(path_hash("/nowhere"), str(tree)) is None  # a miss is remembered
+
+
+def test_a_name_the_writer_made_is_judged_by_its_directorys_owner(tmp_path: Path) -> None:
+    from agent.files.runtime import O_CREAT, owner_to_compare
+    from agent.sensors.files import FileWriteRec
+
+    made = tmp_path / "sitecustomize.py"  # in root's (the test's) directory...
+    made.write_text("")
+    os.chown(made, 1000, 1000)  # ...now owned by the writer, uid 1000, who created it
+    r = FileWriteRec.from_buffer_copy(write_rec(100, str(made), FW_IN_TREE, flags=O_CREAT | 1))
+    assert owner_to_compare(r, str(made)) == tmp_path.stat().st_uid
+    # written in place (no O_CREAT): the file's own owner is the one that counts
+    r = FileWriteRec.from_buffer_copy(write_rec(100, str(made), FW_IN_TREE, flags=1))
+    assert owner_to_compare(r, str(made)) == 1000

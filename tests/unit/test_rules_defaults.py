@@ -118,6 +118,12 @@ CASES: dict[str, tuple[list, list]] = {
             "path": "/data/odd.pt", "verdict": "suspicious", "globals": ["mylib.Model"]})],
         [event("checkpoint.scan", process=ALICE, checkpoint_scan={"verdict": "error"})],
     ),
+    "checkpoint-unscanned": (
+        [event("checkpoint.scan", process=ALICE, checkpoint_scan={
+            "path": "/data/big.pt", "verdict": "error", "error": "scan queue full"})],
+        [event("checkpoint.scan", process=ALICE, checkpoint_scan={
+            "path": "/data/ok.pt", "verdict": "safe"})],
+    ),
     "file-foreign-write": (
         [event("file.write", process=MALLORY, file_write={
             "path": "/opt/venv/lib/python3.11/site-packages/torch/__init__.py", "op": "open_write",
