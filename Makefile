@@ -34,8 +34,8 @@ run: install
 	 $(BIN)/gpuaudit agent --collector $(LISTEN) --node $$node --tls-dir var/pki/nodes/$$node --spool-dir var/spool
 
 lint: install
-	$(BIN)/ruff check agent collector tests bench proto/gpuaudit/jsonform.py proto/gpuaudit/tls.py
-	$(BIN)/mypy agent collector proto/gpuaudit/jsonform.py proto/gpuaudit/tls.py
+	$(BIN)/ruff check agent collector tests bench proto/gpuaudit/jsonform.py proto/gpuaudit/tls.py proto/gpuaudit/integrity.py
+	$(BIN)/mypy agent collector proto/gpuaudit/jsonform.py proto/gpuaudit/tls.py proto/gpuaudit/integrity.py
 
 # The whole suite: lint, types, unit, then root/eBPF integration tests.
 # With CI=true a missing capability (root, bcc, tracefs) fails instead of skipping.
