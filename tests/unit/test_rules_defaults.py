@@ -76,7 +76,8 @@ CASES: dict[str, tuple[list, list]] = {
             "prog_type": 15, "prog_type_name": "cgroup_device", "result": 7})],
     ),
     "code-load-untrusted": (
-        [event("code.load", process=ALICE, code_load={
+        [gpu_open(ALICE),
+         event("code.load", process=ALICE, code_load={
             "path": "/dev/shm/x.so", "kind": "file", "file_uid": 1000}),
          event("code.load", process=ALICE, code_load={
              "path": "/home/mallory/libevil.so", "kind": "file", "file_uid": 1001}),
@@ -84,8 +85,12 @@ CASES: dict[str, tuple[list, list]] = {
              "path": "/opt/shared/lib.so", "kind": "file", "writable_by_others": True}),
          event("code.load", process=ALICE, code_load={
              "path": "/memfd:x (deleted)", "kind": "memfd"})],
-        [event("code.load", process=ALICE, code_load={
-            "path": "/home/alice/venv/lib/libfoo.so", "kind": "file", "file_uid": 1000})],
+        [gpu_open(ALICE),
+         event("code.load", process=ALICE, code_load={
+            "path": "/home/alice/venv/lib/libfoo.so", "kind": "file", "file_uid": 1000}),
+         # the same load as the positive case, in a process that never touched a GPU
+         event("code.load", process=MALLORY, code_load={
+             "path": "/dev/shm/x.so", "kind": "file", "file_uid": 1000})],
     ),
     "exec-preload": (
         [event("process.exec", process=ALICE, process_exec={
