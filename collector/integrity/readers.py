@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from collector.integrity.chain import Manifest
 from collector.integrity.checkpoint import Checkpoint, Head
+from collector.storage.common import pyformat
 from collector.storage.schema import CHUNK_VERSION_BASE
 from gpuaudit.integrity import event_bodies
 from gpuaudit.v1 import events_pb2
@@ -51,8 +52,6 @@ class StoreReader(Protocol):
 class _SqlReader:
     """The queries every layout shares (manifests, signers, checkpoints)."""
 
-    ph = "?"
-
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError
 
@@ -67,7 +66,7 @@ class _SqlReader:
     def manifests(self, node: str) -> list[StoredManifest]:
         rows = self._all(
             "SELECT id, boot_id, first_seq, last_seq, leaves, signature, signer, chain,"
-            f" received_ns FROM manifests WHERE node = {self.ph} ORDER BY id", (node,))
+            " received_ns FROM manifests WHERE node = ? ORDER BY id", (node,))
         return [StoredManifest(i, Manifest(node, b, f, last, bytes(lv), bytes(sig), bytes(sg)),
                                bytes(ch), rx) for i, b, f, last, lv, sig, sg, ch, rx in rows]
 
@@ -85,7 +84,7 @@ class _SqlReader:
 
     def events(self, node: str) -> Iterator[StoredEvent]:
         for i, boot, seq, t, body in self._all(
-                f"SELECT id, boot_id, seq, time_ns, body FROM events WHERE node = {self.ph}"
+                "SELECT id, boot_id, seq, time_ns, body FROM events WHERE node = ?"
                 " ORDER BY boot_id, seq", (node,)):
             yield StoredEvent(boot, seq, t, bytes(body), f"events.id={i}")
 
@@ -126,8 +125,6 @@ class SqliteReader(_SqlReader):
 
 
 class PostgresReader(_SqlReader):
-    ph = "%s"
-
     def __init__(self, dsn: str) -> None:
         import psycopg
 
@@ -135,7 +132,7 @@ class PostgresReader(_SqlReader):
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._conn.cursor() as cur:
-            cur.execute(sql.replace("?", "%s"), args)
+            cur.execute(pyformat(sql), args)
             return cur.fetchall()
 
     def close(self) -> None:

@@ -56,6 +56,24 @@ def not_stored_pairs(
     return [events[i] for i in keep], [bodies[i] for i in keep]
 
 
+def latest_after(current_boot: str, current_latest: int, boot_id: str, newest: int
+                 ) -> int | None:
+    """The node's new ``latest_ns`` after new events of run ``boot_id`` (newest event
+    time ``newest``) are stored; None when its latest run stays ``current_boot``.
+
+    A spool replaying an older agent run must not make it "latest" again: the
+    run with the newest event wins.
+    """
+    if boot_id == current_boot:
+        return max(current_latest, newest)
+    return newest if newest >= current_latest else None
+
+
+def pyformat(sql: str) -> str:
+    """SQL written with SQLite's ``?`` placeholders, in psycopg's ``%s`` style."""
+    return sql.replace("?", "%s")
+
+
 def time_ns(ts: Any) -> int:
     """A protobuf Timestamp as integer nanoseconds since the epoch."""
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)

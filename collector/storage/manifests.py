@@ -2,7 +2,7 @@
 
 Shared by every storage layout (SQLite rows and chunks, PostgreSQL): the SQL
 is standard (``ON CONFLICT`` works in both), written with ``?`` and converted
-to the driver's placeholder by ``sql``.
+to the driver's placeholder by ``sql`` (collector.storage.common.pyformat).
 """
 
 from __future__ import annotations
@@ -73,10 +73,10 @@ class ManifestWriter:
     """Records one manifest per stored batch, and one per collector-raised event."""
 
     def __init__(self, key: CollectorKey | None, clock: Callable[[], int],
-                 placeholder: str = "?") -> None:
+                 sql: Callable[[str], str] = lambda text: text) -> None:
         self.key = key
         self._clock = clock
-        self._sql = (lambda s: s) if placeholder == "?" else (lambda s: s.replace("?", placeholder))
+        self._sql = sql  # SQLite's ? placeholders to the driver's (common.pyformat)
         self._collector_known = False
 
     def record_batch(self, db: Any, events: Sequence[Any], bodies: Sequence[bytes],

@@ -41,8 +41,10 @@ from collector.storage.base import (
 from collector.storage.batch import ReceivedBatch, bodies_of
 from collector.storage.common import (
     get_cursor,
+    latest_after,
     latest_health,
     own_counts,
+    pyformat,
     query_findings,
     set_cursor,
     time_ns,
@@ -150,7 +152,7 @@ class PostgresStorage:
         self.dsn = dsn
         self._clock = clock
         self._own = OwnEvents(run_id, clock)
-        self._manifests = ManifestWriter(key, clock, placeholder="%s")
+        self._manifests = ManifestWriter(key, clock, sql=pyformat)
         self.on_stored: list[Callable[[list[events_pb2.Event]], None]] = []  # see SqliteStorage
         self._fresh: list[events_pb2.Event] = []
         self._write_lock = threading.Lock()
@@ -271,12 +273,9 @@ class PostgresStorage:
         current_boot, current_latest = cur.fetchone()
         cur.execute("UPDATE nodes SET events_stored = events_stored + %s WHERE node = %s",
                     (stored, node))
-        # as in the SQLite store: a replayed older agent run never becomes "latest" again
-        if current_boot == "" or boot_id == current_boot:
-            latest = max(current_latest, newest)
-        elif newest >= current_latest:
-            latest = newest
-        else:
+        # the row _lock_nodes made for a new node has boot_id '' and latest_ns 0
+        latest = latest_after(current_boot, current_latest, boot_id, newest)
+        if latest is None:
             return
         cur.execute("UPDATE nodes SET boot_id = %s, latest_ns = %s, last_seq = %s WHERE node = %s",
                     (boot_id, latest, acked, node))
@@ -400,13 +399,13 @@ class PostgresStorage:
 
     def chain_bases(self) -> dict[str, Head]:
         with self._reading() as cur:
-            return chain_bases(cur, _pg)
+            return chain_bases(cur, pyformat)
 
     def prune(self, cut_ns: int, limit: int = PRUNE_BATCH) -> Pruned:
         with self._transaction() as cur:
-            pruned = prune_batch(cur, _pg, cut_ns, _delete_events, limit)
+            pruned = prune_batch(cur, pyformat, cut_ns, _delete_events, limit)
             if pruned.manifests < limit:
-                pruned.events += cur.execute(_pg(UNMANIFESTED_BEFORE), (cut_ns,)).rowcount
+                pruned.events += cur.execute(pyformat(UNMANIFESTED_BEFORE), (cut_ns,)).rowcount
             return pruned
 
     def close(self) -> None:
@@ -430,11 +429,7 @@ class _Qmark:
         self._cur = cur
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self._cur.execute(_pg(sql), args)
-
-
-def _pg(sql: str) -> str:
-    return sql.replace("?", "%s")
+        return self._cur.execute(pyformat(sql), args)
 
 
 def _delete_events(cur: Any, node: str, boot_id: str, first: int, last: int) -> int:

@@ -25,6 +25,7 @@ from collector.storage.common import (
     Written,
     as_storage_error,
     get_cursor,
+    latest_after,
     latest_health,
     not_stored_pairs,
     own_counts,
@@ -272,14 +273,8 @@ class SqliteStorage:
         db.execute(
             "UPDATE nodes SET events_stored = events_stored + ? WHERE node = ?", (stored, node)
         )
-        # A spool replaying an older agent run must not make it "latest" again:
-        # the run with the newest event wins.
-        current_boot, current_latest = row
-        if boot_id == current_boot:
-            latest = max(current_latest, newest)
-        elif newest >= current_latest:
-            latest = newest
-        else:
+        latest = latest_after(row[0], row[1], boot_id, newest)
+        if latest is None:
             return
         db.execute(
             "UPDATE nodes SET boot_id = ?, latest_ns = ?, last_seq = ? WHERE node = ?",
