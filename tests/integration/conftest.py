@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, TestPki, ready_agent, session_pki
+from tests.integration.harness import (
+    Agent,
+    Collector,
+    TestPki,
+    null_device,
+    ready_agent,
+    session_pki,
+)
 
 NVIDIA_MAJOR = 195
 
@@ -56,14 +63,8 @@ def nvidia0() -> Iterator[Path]:
 def null_gpu_node() -> Iterator[Path]:
     """/dev/nvidia-gpuaudit-test: a node under the GPU prefix whose open
     succeeds (it is /dev/null's 1:3), standing in for a GPU with a driver."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path("/dev/nvidia-gpuaudit-test")
-    if path.exists():
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.chmod(path, 0o666)
-    yield path
-    path.unlink()
+    with null_device(Path("/dev/nvidia-gpuaudit-test")) as path:
+        yield path
 
 
 @pytest.fixture

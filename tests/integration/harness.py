@@ -8,16 +8,18 @@ plaintext.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -25,6 +27,7 @@ import grpc
 from collector import certs
 from gpuaudit.tls import TlsFiles
 from gpuaudit.v1 import collector_pb2, collector_pb2_grpc, events_pb2
+from tests.capabilities import require
 
 GPUAUDIT = str(Path(sys.executable).parent / "gpuaudit")
 READER = "it-reader"
@@ -268,3 +271,40 @@ def settle(col: Collector, node: str, timeout: float = 30) -> None:
         return bool(evs) and evs[-1].time.ToNanoseconds() > since
 
     wait_for(newer_heartbeat, timeout)
+
+
+@contextlib.contextmanager
+def null_device(path: Path) -> Iterator[Path]:
+    """A character node at ``path`` that opens like /dev/null (1:3), mode 0666,
+    removed afterwards: a stand-in for a GPU (or RDMA) device under the prefix
+    the kernel filter matches. Each module names its own (with its pid where
+    sessions may run side by side): a shared path is removed by whichever
+    module's teardown comes first."""
+    require(os.geteuid() == 0, "needs root to mknod")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(path, 0o666)  # mknod's mode passes through the umask
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+"""The bpf(2) syscall number, by machine."""
+
+# A socket filter "r0 = 0; exit" loaded with bpf(BPF_PROG_LOAD) by hand, named
+# argv[2]; prints the program fd. Arguments: the bpf syscall number, the name.
+BPF_LOAD = """
+import ctypes as ct, struct, sys
+libc = ct.CDLL(None, use_errno=True)
+insns = ct.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0), 16)
+lic = ct.create_string_buffer(b"GPL")
+attr = ct.create_string_buffer(struct.pack("<IIQQIIQII16s", 1, 2, ct.addressof(insns),
+                                           ct.addressof(lic), 0, 0, 0, 0, 0,
+                                           sys.argv[2].encode()), 128)
+fd = libc.syscall(int(sys.argv[1]), 5, attr, 128)
+assert fd >= 0, ct.get_errno()
+print(fd)
+"""

@@ -4,11 +4,9 @@ real gRPC into the collector's SQLite."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import pytest
 
 from gpuaudit.v1 import events_pb2
 from tests.capabilities import require
-from tests.integration.harness import Agent, Collector, settle, wait_for
+from tests.integration.harness import Agent, Collector, null_device, settle, wait_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
@@ -92,13 +90,8 @@ def gpu_node() -> Iterator[Path]:
     """A node under the GPU prefix whose open succeeds (/dev/null's 1:3), like
     conftest's null_gpu_node but named for this module and process: test
     sessions running side by side must not remove each other's node."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path(f"/dev/nvidia-gpuaudit-codeload-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    yield path
-    path.unlink()
+    with null_device(Path(f"/dev/nvidia-gpuaudit-codeload-{os.getpid()}")) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ agent reported).
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import stat
 import subprocess
 import sys
 import time
@@ -27,8 +25,8 @@ import pytest
 
 from agent import spoolfile
 from gpuaudit.v1 import events_pb2
-from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, wait_for, wait_node_ready
+from tests.capabilities import require_bpf
+from tests.integration.harness import Agent, Collector, null_device, wait_for, wait_node_ready
 from tests.integration.proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf]
@@ -40,13 +38,8 @@ K = 4999  # a prime: a miscount cannot hide behind a round batch size
 def null_gpu_node() -> Iterator[Path]:
     """A GPU-named node that opens like /dev/null (1:3); this module's own, so a
     parallel test session's fixture cannot remove it under these tests."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path("/dev/nvidia-gpuaudit-delivery")
-    if path.exists():
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    yield path
-    path.unlink()
+    with null_device(Path("/dev/nvidia-gpuaudit-delivery")) as path:
+        yield path
 
 
 @pytest.fixture

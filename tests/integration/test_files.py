@@ -9,7 +9,6 @@ import contextlib
 import ctypes as ct
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from agent.sensors.checkpoint import OP_MODEL_OPEN, ModelOpenRec
 from agent.sensors.loader import find_tracefs, sensor_cflags
 from agent.sensors.records import BPF_DIR
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, ready_agent, settle
+from tests.integration.harness import Agent, Collector, null_device, ready_agent, settle
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
@@ -254,12 +253,8 @@ def rdma_node() -> Iterator[Path]:
     ib = Path("/dev/infiniband")
     made_dir = not ib.exists()
     ib.mkdir(exist_ok=True)
-    node = ib / "uverbs-gpuaudit-test"
-    if node.exists():
-        node.unlink()
-    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    yield node
-    node.unlink()
+    with null_device(ib / "uverbs-gpuaudit-test") as node:
+        yield node
     if made_dir:
         ib.rmdir()
 

@@ -12,7 +12,6 @@ import platform
 import pwd
 import signal
 import socket
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.capabilities import require
 from tests.integration.harness import (
+    BPF_LOAD,
     GPUAUDIT,
+    SYS_BPF,
     Agent,
     Collector,
+    null_device,
     ready_agent,
     settle,
     tls_args,
@@ -53,17 +54,6 @@ rc = libc.ptrace(16, int(sys.argv[1]), None, None)   # PTRACE_ATTACH
 print(rc, ct.get_errno())
 """
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}
-BPF_LOAD = """
-import ctypes as ct, struct, sys
-libc = ct.CDLL(None, use_errno=True)
-insns = ct.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0), 16)
-lic = ct.create_string_buffer(b"GPL")
-attr = ct.create_string_buffer(struct.pack("<IIQQIIQII16s", 1, 2, ct.addressof(insns),
-                                           ct.addressof(lic), 0, 0, 0, 0, 0, b"gpuaudit_f"), 128)
-fd = libc.syscall(int(sys.argv[1]), 5, attr, 128)
-assert fd >= 0, ct.get_errno()
-"""
 
 # A training-like job: opens the GPU, imports from the venv, reads a benign
 # checkpoint, talks to a peer in the cluster (here: a listener on loopback).
@@ -83,14 +73,8 @@ os.close(fd)
 def gpu_node() -> Iterator[Path]:
     """A node of our own under the GPU prefix (/dev/null's 1:3, so opens succeed);
     not the shared fixture's path, which another module may remove meanwhile."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path("/dev/nvidia-gpuaudit-findings")
-    if path.exists():
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.chmod(path, 0o666)
-    yield path
-    path.unlink()
+    with null_device(Path("/dev/nvidia-gpuaudit-findings")) as path:
+        yield path
 
 
 def findings(collector: Collector) -> list[dict]:
@@ -160,7 +144,7 @@ def test_a_foreign_bpf_program_load_is_found(collector: Collector, bpf_agent: Ag
     machine = platform.machine()
     if machine not in SYS_BPF:
         pytest.skip(f"no bpf syscall number for {machine}")
-    loader = subprocess.Popen([sys.executable, "-c", BPF_LOAD, str(SYS_BPF[machine])])
+    loader = subprocess.Popen([sys.executable, "-c", BPF_LOAD, str(SYS_BPF[machine]), "gpuaudit_f"])
     assert loader.wait(60) == 0
     f = finding_of(collector, "bpf-foreign-load", loader.pid)
     assert (f["severity"], f["process"]["user"]) == ("high", "root")
@@ -203,7 +187,7 @@ def test_a_training_like_job_raises_nothing(collector: Collector, bpf_agent: Age
     # the follower has read past the job's events once a later heartbeat's
     # finding-free evaluation is committed; a marker finding proves it
     marker = subprocess.Popen([sys.executable, "-c", BPF_LOAD, str(SYS_BPF.get(
-        platform.machine(), 321))])
+        platform.machine(), 321)), "gpuaudit_f"])
     marker.wait(60)
     finding_of(collector, "bpf-foreign-load", marker.pid)
     assert [f for f in findings(collector) if f.get("process", {}).get("pid") == job.pid] == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import subprocess
 import sys
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require
-from tests.integration.harness import Agent, Collector, ready_agent, settle, wait_for
+from tests.integration.harness import Agent, Collector, null_device, ready_agent, settle, wait_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
@@ -83,12 +82,8 @@ def net_agent(collector: Collector, tmp_path_factory: pytest.TempPathFactory) ->
 def gpu_node() -> Iterator[Path]:
     """A node of our own under the GPU prefix whose open succeeds (/dev/null's
     1:3): the shared null_gpu_node is removed by other modules' teardown."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path(f"/dev/nvidia-gpuaudit-net-{os.getpid()}")
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.chmod(path, 0o666)
-    yield path
-    path.unlink()
+    with null_device(Path(f"/dev/nvidia-gpuaudit-net-{os.getpid()}")) as path:
+        yield path
 
 
 def _start(args: list[str], prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:

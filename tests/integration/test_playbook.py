@@ -23,7 +23,6 @@ import pwd
 import random
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,17 @@ from gpuaudit.v1 import checkpoint_pb2, events_pb2
 from tests.capabilities import require, require_bpf
 from tests.fixtures.fakenccl.build import build
 from tests.fixtures.pickles import corpus
-from tests.integration.harness import GPUAUDIT, Agent, Collector, ready_agent, tls_args, wait_for
+from tests.integration.harness import (
+    BPF_LOAD,
+    GPUAUDIT,
+    SYS_BPF,
+    Agent,
+    Collector,
+    null_device,
+    ready_agent,
+    tls_args,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
@@ -158,19 +167,6 @@ assert (nccl.ncclCommAbort if end == "abort" else nccl.ncclCommDestroy)(comm) ==
 print("done", flush=True)
 """
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}
-# Loads a trivial socket filter: bpf-foreign-load, a finding that marks a
-# point in the stream (the follower evaluates events in arrival order).
-BPF_LOAD = """
-import ctypes as ct, struct, sys
-libc = ct.CDLL(None, use_errno=True)
-insns = ct.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0), 16)
-lic = ct.create_string_buffer(b"GPL")
-attr = ct.create_string_buffer(struct.pack("<IIQQIIQII16s", 1, 2, ct.addressof(insns),
-                                           ct.addressof(lic), 0, 0, 0, 0, 0, b"gpuaudit_pb"), 128)
-fd = libc.syscall(int(sys.argv[1]), 5, attr, 128)
-assert fd >= 0, ct.get_errno()
-"""
 
 
 # --- fixtures ---------------------------------------------------------------
@@ -186,14 +182,8 @@ def _open_dir(prefix: str, under: str | None = None) -> Path:
 def gpu_node() -> Iterator[Path]:
     """A node of this module and process under the GPU prefix whose open
     succeeds (/dev/null's 1:3): other modules and sessions remove theirs."""
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path(f"/dev/nvidia-gpuaudit-playbook-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.chmod(path, 0o666)
-    yield path
-    path.unlink()
+    with null_device(Path(f"/dev/nvidia-gpuaudit-playbook-{os.getpid()}")) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -658,7 +648,7 @@ def test_a_training_like_job_raises_nothing(collector: Collector, agent: Agent, 
     assert verdicts == {"safe"}
     machine = platform.machine()
     require(machine in SYS_BPF, f"no bpf syscall number for {machine}")
-    marker = subprocess.Popen([PYTHON, "-c", BPF_LOAD, str(SYS_BPF[machine])])
+    marker = subprocess.Popen([PYTHON, "-c", BPF_LOAD, str(SYS_BPF[machine]), "gpuaudit_pb"])
     assert marker.wait(60) == 0
     finding_of(collector, "bpf-foreign-load", marker.pid)
     named = [f for f in findings(collector) if f.get("process", {}).get("pid") in pids]

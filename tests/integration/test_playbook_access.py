@@ -6,10 +6,8 @@ list. A collector of its own, whose operator rule file allows only root on GPUs
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, TestPki, ready_agent
+from tests.integration.harness import Agent, Collector, TestPki, null_device, ready_agent
 from tests.integration.test_playbook import (
     AS_NOBODY,
     _child,
@@ -79,14 +77,8 @@ def collector(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterato
 
 @pytest.fixture(scope="module")
 def gpu_node() -> Iterator[Path]:
-    require(os.geteuid() == 0, "needs root to mknod")
-    path = Path(f"/dev/nvidia-gpuaudit-access-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's: opens succeed
-    os.chmod(path, 0o666)
-    yield path
-    path.unlink()
+    with null_device(Path(f"/dev/nvidia-gpuaudit-access-{os.getpid()}")) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

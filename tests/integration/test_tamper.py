@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.sensors.loader import find_tracefs
-from tests.integration.harness import Agent, Collector, settle, wait_for
+from tests.integration.harness import BPF_LOAD, SYS_BPF, Agent, Collector, settle, wait_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
@@ -60,19 +60,6 @@ os.kill(child, signal.SIGKILL)
 os.waitpid(child, 0)
 """
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}
-# A socket filter "r0 = 0; exit" loaded with bpf(BPF_PROG_LOAD) by hand.
-BPF_LOAD = """
-import ctypes as ct, struct, sys
-libc = ct.CDLL(None, use_errno=True)
-insns = ct.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0), 16)
-lic = ct.create_string_buffer(b"GPL")
-attr = ct.create_string_buffer(struct.pack("<IIQQIIQII16s", 1, 2, ct.addressof(insns),
-                                           ct.addressof(lic), 0, 0, 0, 0, 0, b"gpuaudit_t"), 128)
-fd = libc.syscall(int(sys.argv[1]), 5, attr, 128)
-assert fd >= 0, ct.get_errno()
-print(fd)
-"""
 
 FINIT_BOGUS = """
 import ctypes as ct, os, sys
@@ -145,7 +132,7 @@ def test_process_vm_writev_into_child_reports_bytes(collector: Collector,
 
 def test_bpf_prog_load_by_another_process_is_reported(collector: Collector,
                                                       bpf_agent: Agent) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", BPF_LOAD, _syscall_nr(SYS_BPF)],
+    proc = subprocess.Popen([sys.executable, "-c", BPF_LOAD, _syscall_nr(SYS_BPF), "gpuaudit_t"],
                             stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
