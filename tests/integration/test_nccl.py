@@ -32,6 +32,7 @@ from agent.sensors.base import BootClock, MappedFile, SensorContext, SensorHooks
 from agent.sensors.loader import load_sensors
 from tests.capabilities import require_bpf
 from tests.fixtures.fakenccl.build import FakeNccl, build
+from tests.inbox import ListInbox
 from tests.integration.harness import Agent, Collector, ready_agent, wait_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
@@ -39,22 +40,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 SIZES = {"int8": 1, "float32": 4, "bfloat16": 2, "float8e4m3": 1, "float64": 8, "float16": 2,
          "uint64": 8, "int32": 4}
 
-
-class ListInbox:
-    def __init__(self) -> None:
-        self.items: list[Record] = []
-        self._lock = threading.Lock()
-
-    def offer(self, item: Record) -> bool:
-        with self._lock:
-            self.items.append(item)
-        return True
-
-    def take(self, type_: str) -> list[Record]:
-        with self._lock:
-            mine = [r for r in self.items if r.type == type_]
-            self.items = [r for r in self.items if r.type != type_]
-        return mine
 
 
 @dataclass

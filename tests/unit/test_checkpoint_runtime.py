@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -26,18 +25,11 @@ from agent.sensors.checkpoint import LOSS_QUEUE_FULL, OP_MODEL_OPEN, CheckpointR
 from agent.sensors.records import Hdr
 from gpuaudit.v1 import checkpoint_pb2
 from tests.fixtures.pickles import corpus
+from tests.inbox import ListInbox
 from tests.integration.harness import wait_for
 
 EVIL = corpus.proto0_call("os", "system", "true")
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list[Record] = []
-
-    def offer(self, item: Any) -> bool:
-        self.items.append(item)
-        return True
 
 
 @pytest.fixture
@@ -58,8 +50,8 @@ def _job(path: Path) -> ScanJob:
 
 
 @pytest.fixture
-def worker() -> Iterator[tuple[ScanWorker, Inbox]]:
-    inbox = Inbox()
+def worker() -> Iterator[tuple[ScanWorker, ListInbox]]:
+    inbox = ListInbox()
     w = ScanWorker(inbox.offer, max_bytes=1 << 30)
     yield w, inbox
     w.drain()
@@ -130,8 +122,8 @@ def _rec(pid: int, ret: int, path: str, dirfd: int = AT_FDCWD) -> bytes:
     return bytes(r)
 
 
-def _runtime(gpu_pids: set[int] = frozenset()) -> tuple[CheckpointRuntime, Inbox]:  # type: ignore[assignment]
-    inbox = Inbox()
+def _runtime(gpu_pids: set[int] = frozenset()) -> tuple[CheckpointRuntime, ListInbox]:  # type: ignore[assignment]
+    inbox = ListInbox()
     ctx = SensorContext(bpf=None, inbox=inbox, clock=BootClock(),
                         cfg=SimpleNamespace(checkpoint_max_bytes=1 << 30),
                         opened_gpu=lambda pid: pid in gpu_pids, hooks=SensorHooks())
@@ -177,7 +169,7 @@ def test_unresolvable_open_is_reported_as_error(tmp_path: Path) -> None:
 # --- the worker and the scanner process -------------------------------------
 
 def test_worker_scans_once_per_content_and_reports_every_open(
-        tmp_path: Path, worker: tuple[ScanWorker, Inbox]) -> None:
+        tmp_path: Path, worker: tuple[ScanWorker, ListInbox]) -> None:
     w, inbox = worker
     evil, copy = tmp_path / "evil.pkl", tmp_path / "copy.pkl"
     evil.write_bytes(EVIL)
@@ -193,7 +185,8 @@ def test_worker_scans_once_per_content_and_reports_every_open(
     assert first.scanner_version and w.scanned == 1
 
 
-def test_file_over_max_bytes_is_not_read(tmp_path: Path, worker: tuple[ScanWorker, Inbox]) -> None:
+def test_file_over_max_bytes_is_not_read(tmp_path: Path,
+                                          worker: tuple[ScanWorker, ListInbox]) -> None:
     w, inbox = worker
     w.max_bytes = 16 << 30
     p = tmp_path / "huge.pt"
@@ -210,7 +203,7 @@ def test_file_over_max_bytes_is_not_read(tmp_path: Path, worker: tuple[ScanWorke
 
 
 def test_full_queue_answers_error_and_counts(tmp_path: Path) -> None:
-    inbox = Inbox()
+    inbox = ListInbox()
     w = ScanWorker(inbox.offer, max_bytes=1 << 30, queue_size=1)
     p = tmp_path / "m.pkl"
     p.write_bytes(EVIL)
@@ -225,7 +218,7 @@ def test_full_queue_answers_error_and_counts(tmp_path: Path) -> None:
 
 
 def test_worker_thread_runs_jobs_and_stops(tmp_path: Path) -> None:
-    inbox = Inbox()
+    inbox = ListInbox()
     w = ScanWorker(inbox.offer, max_bytes=1 << 30)
     p = corpus.write_torch_zip(tmp_path / "ok.pt", corpus.torch_pickle(corpus.benign_state))
     stop = threading.Event()

@@ -22,17 +22,10 @@ from agent.sensors.base import BootClock, MappedFile, SensorContext, SensorHooks
 from agent.sensors.codeload import OP_CODE_MAP, CodeLoadRuntime, CodeMapRec
 from agent.sensors.records import OP_EXIT, ExitRec
 from gpuaudit.v1 import code_pb2
+from tests.inbox import ListInbox
 
 PID = 4242
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def offer(self, item: Any) -> bool:
-        self.items.append(item)
-        return True
 
 
 class FakeProc:
@@ -154,7 +147,7 @@ def _job(path: Path, kind: str = "file") -> Job:
 
 def test_hash_cache_is_keyed_by_identity_mtime_and_size(tmp_path: Path) -> None:
     lib = _lib(tmp_path, "libc1.so", b"AAAA")
-    w = HashWorker(Inbox())
+    w = HashWorker(ListInbox())
     first = w.finish(_job(lib)).payload.sha256  # type: ignore[attr-defined]
     st = lib.stat()
     lib.write_bytes(b"BBBB")  # same inode and size; put the old mtime back
@@ -166,7 +159,7 @@ def test_hash_cache_is_keyed_by_identity_mtime_and_size(tmp_path: Path) -> None:
 
 def test_later_jobs_open_their_file_when_hashed(tmp_path: Path) -> None:
     lib = _lib(tmp_path, "liblater.so", b"later")
-    w = HashWorker(Inbox(), later_max=1)
+    w = HashWorker(ListInbox(), later_max=1)
     job = Job(Record(type="code.load", wall_ns=1, payload=code_pb2.CodeLoad()), -1, str(lib))
     assert w.submit_later(job)
     assert not w.submit_later(job) and w.unhashed == 1  # bounded too
@@ -177,7 +170,7 @@ def test_later_jobs_open_their_file_when_hashed(tmp_path: Path) -> None:
 
 
 def test_full_queue_refuses_and_counts_and_stop_drains_unhashed(tmp_path: Path) -> None:
-    inbox = Inbox()
+    inbox = ListInbox()
     w = HashWorker(inbox, queue_max=1)
     lib = _lib(tmp_path, "libq.so")
     assert w.submit(_job(lib))
@@ -204,7 +197,7 @@ def test_writable_by_others_through_the_file_or_a_directory(tmp_path: Path) -> N
     os.chmod(d, 0o1777)  # sticky: others cannot rename or unlink the owner's file
     assert not DirCheck().writable_by_others(str(lib), os.getuid())
     os.chmod(lib, 0o664)
-    w = HashWorker(Inbox())
+    w = HashWorker(ListInbox())
     assert w.finish(_job(lib)).payload.writable_by_others  # type: ignore[attr-defined]
 
 
@@ -217,8 +210,8 @@ class FakeMap(dict[int, int]):
 
 
 def _runtime(tmp_path: Path, gpu: set[int] | None = None,
-             allow: str = "") -> tuple[CodeLoadRuntime, Inbox, list[MappedFile], FakeMap]:
-    inbox, told, accel = Inbox(), [], FakeMap()
+             allow: str = "") -> tuple[CodeLoadRuntime, ListInbox, list[MappedFile], FakeMap]:
+    inbox, told, accel = ListInbox(), [], FakeMap()
     hooks = SensorHooks()
     hooks.library_mapped.append(told.append)
     cfg = AgentConfig(collector="x", code_allow=allow or str(tmp_path / "sys"))
@@ -236,7 +229,7 @@ def _map_rec(addr: int, length: int = PAGE, syscall: int = 0, pid: int = PID) ->
     return bytes(r)
 
 
-def _drain(rt: CodeLoadRuntime, inbox: Inbox) -> list[code_pb2.CodeLoad]:
+def _drain(rt: CodeLoadRuntime, inbox: ListInbox) -> list[code_pb2.CodeLoad]:
     """What the worker would offer: jobs holding a descriptor, then the later ones."""
     w = rt.worker
     while not w._q.empty() or w._later:
@@ -318,7 +311,7 @@ def test_unresolved_mappings_are_counted_by_kind_of_process(tmp_path: Path,
 def test_full_hash_queue_emits_at_once_with_hash_error(tmp_path: Path,
                                                        files: SimpleNamespace) -> None:
     rt, _, _, _ = _runtime(tmp_path)
-    rt.worker = HashWorker(Inbox(), queue_max=1)
+    rt.worker = HashWorker(ListInbox(), queue_max=1)
     rt.worker.submit(_job(files.libc))
     rec = rt.decode_map(_map_rec(0x20000), BootClock())
     assert rec is not None

@@ -25,8 +25,8 @@ from agent.nccl.records import (
 )
 from agent.nccl.runtime import NcclRuntime
 from agent.nccl.types import comm_id
-from agent.record import Record
 from agent.sensors.base import BootClock, MappedFile, SensorContext, SensorHooks
+from tests.inbox import ListInbox
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 ABI only")
 
@@ -83,14 +83,6 @@ class FakeBpf:
         return self.tables[name]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list[Record] = []
-
-    def offer(self, item: Record) -> bool:
-        self.items.append(item)
-        return True
-
 
 PID = 4242
 LIB = "/venv/nvidia/nccl/lib/libnccl.so.2"
@@ -110,7 +102,7 @@ def proc(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def runtime(proc: Path) -> NcclRuntime:
-    ctx = SensorContext(bpf=FakeBpf(), inbox=Inbox(), clock=BootClock(),
+    ctx = SensorContext(bpf=FakeBpf(), inbox=ListInbox(), clock=BootClock(),
                         cfg=SimpleNamespace(nccl_flush_s=5.0), opened_gpu=lambda p: False,
                         hooks=SensorHooks(), proc_root=str(proc))
     rt = NcclRuntime(ctx)

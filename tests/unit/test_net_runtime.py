@@ -12,8 +12,8 @@ from typing import Any
 
 from agent.net.records import NetFlowKey, NetFlowVal
 from agent.net.runtime import NetRuntime
-from agent.record import Record
 from tests.fixtures.proc.builder import ProcTree
+from tests.inbox import ListInbox
 
 LIVE, GONE = 300, 301
 
@@ -40,14 +40,6 @@ class FakeMap:
         del self.entries[bytes(key)]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list[Record] = []
-
-    def offer(self, item: Record) -> bool:
-        self.items.append(item)
-        return True
-
 
 def key(tgid: int, family: int, addr: str, port: int, protocol: int = 6) -> NetFlowKey:
     k = NetFlowKey(tgid=tgid, family=family, protocol=protocol, remote_port=port)
@@ -56,19 +48,19 @@ def key(tgid: int, family: int, addr: str, port: int, protocol: int = 6) -> NetF
 
 
 def runtime(tmp_path: Path, cidrs: str = "10.77.0.0/24",
-            ) -> tuple[NetRuntime, FakeMap, Inbox, ProcTree]:
+            ) -> tuple[NetRuntime, FakeMap, ListInbox, ProcTree]:
     tree = ProcTree(tmp_path / "proc")
     tree.add(LIVE, comm="torchrun")
     tree.add(GONE, comm="exfil", uid=1077)
     flows = FakeMap()
     bpf = {"net_flows": flows, "net_listen_ports": FakeMap(), "net_flow_lost": FakeMap()}
-    inbox = Inbox()
+    inbox = ListInbox()
     cfg = SimpleNamespace(listed=lambda name: cidrs.split(","), net_flow_s=10.0)
     ctx = SimpleNamespace(bpf=bpf, inbox=inbox, cfg=cfg, proc_root=str(tree.root))
     return NetRuntime(ctx), flows, inbox, tree  # type: ignore[arg-type]
 
 
-def flows_of(inbox: Inbox) -> dict[tuple[int, str, str, int], tuple[int, int, bool]]:
+def flows_of(inbox: ListInbox) -> dict[tuple[int, str, str, int], tuple[int, int, bool]]:
     out = {}
     for r in inbox.items:
         f: Any = r.payload
