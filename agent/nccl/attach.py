@@ -21,19 +21,28 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from agent.nccl.prologue import Site, read_site, slow_summary
 from agent.nccl.types import is_nccl_library
 from agent.sensors.base import MappedFile
 
 log = logging.getLogger(__name__)
 
-# (symbol, BPF function in agent/bpf/nccl.c, return probe?)
+# (symbol, BPF function in agent/bpf/nccl.c, return probe?). Plain names
+# only: pnccl* are aliases at the same addresses (probing both would count
+# twice), and ncclBcast calls ncclBroadcast (never probed: the same).
 PROBES: tuple[tuple[str, str, bool], ...] = (
     ("ncclCommInitRank", "nccl_up_init_rank", False),
     ("ncclCommInitRankConfig", "nccl_up_init_config", False),
     ("ncclCommInitAll", "nccl_up_init_all", False),
+    ("ncclCommInitRankScalable", "nccl_up_init_scalable", False),
+    ("ncclCommSplit", "nccl_up_split", False),
+    ("ncclCommShrink", "nccl_up_shrink", False),
     ("ncclCommInitRank", "nccl_ret_init", True),
     ("ncclCommInitRankConfig", "nccl_ret_init", True),
     ("ncclCommInitAll", "nccl_ret_init", True),
+    ("ncclCommInitRankScalable", "nccl_ret_init", True),
+    ("ncclCommSplit", "nccl_ret_init", True),
+    ("ncclCommShrink", "nccl_ret_init", True),
     ("ncclCommDestroy", "nccl_up_destroy", False),
     ("ncclCommAbort", "nccl_up_abort", False),
     ("ncclCommDestroy", "nccl_ret_end", True),
@@ -43,6 +52,22 @@ PROBES: tuple[tuple[str, str, bool], ...] = (
     ("ncclReduce", "nccl_up_reduce", False),
     ("ncclAllGather", "nccl_up_allgather", False),
     ("ncclReduceScatter", "nccl_up_reducescatter", False),
+    ("ncclAlltoAll", "nccl_up_alltoall", False),
+    ("ncclGather", "nccl_up_gather", False),
+    ("ncclScatter", "nccl_up_scatter", False),
+    # NCCL 2.32: the same arguments + a trailing const ncclCollConfig_t*;
+    # entry points of their own, counted as the plain operation
+    ("ncclAllReduceConfig", "nccl_up_allreduce", False),
+    ("ncclBroadcastConfig", "nccl_up_broadcast", False),
+    ("ncclReduceConfig", "nccl_up_reduce", False),
+    ("ncclAllGatherConfig", "nccl_up_allgather", False),
+    ("ncclReduceScatterConfig", "nccl_up_reducescatter", False),
+    ("ncclAlltoAllConfig", "nccl_up_alltoall", False),
+    ("ncclGatherConfig", "nccl_up_gather", False),
+    ("ncclScatterConfig", "nccl_up_scatter", False),
+    ("ncclPutSignal", "nccl_up_putsignal", False),
+    ("ncclSignal", "nccl_up_signal", False),
+    ("ncclWaitSignal", "nccl_up_waitsignal", False),
     ("ncclSend", "nccl_up_send", False),
     ("ncclRecv", "nccl_up_recv", False),
     ("ncclGroupStart", "nccl_up_group_start", False),
@@ -66,6 +91,17 @@ class Library:
     inode: int
     sha256: str  # "" when the file could not be read after attaching
     probes: int  # uprobes attached (symbols an older NCCL lacks are skipped)
+    sites: tuple[Site, ...] = ()  # where each probed function's entry probe went
+
+    @property
+    def slow(self) -> tuple[str, ...]:
+        """Probed functions whose entry probe is single-stepped (~5 us a call)."""
+        return tuple(s.symbol for s in self.sites if not s.fast)
+
+    @property
+    def endbr_skipped(self) -> int:
+        """Entry probes placed past an endbr64."""
+        return sum(1 for s in self.sites if s.skip)
 
 
 def sha256_file(path: str) -> str:
@@ -218,7 +254,7 @@ class Attacher:
                 self.libs[told] = self.libs[key]
                 return self.libs[key]
             try:
-                probes = self._attach_all(target)
+                probes, sites = self._attach_all(target)
             except Exception as err:  # bcc raises plain Exception
                 # tried again at the file's next mapping: the process may just
                 # have exited (its map_files gone), and that must not leave the
@@ -227,12 +263,22 @@ class Attacher:
                     log.warning("nccl: cannot attach uprobes to %s: %s", mapped.path, err)
                 self.failed[told] = f"{mapped.path}: {err}"
                 return None
-            lib = Library(mapped.path, key[0], key[1], sha256_file(target), probes)
+            lib = Library(mapped.path, key[0], key[1], sha256_file(target), probes, tuple(sites))
             self.libs[key] = self.libs[told] = lib
             self.failed.pop(told, None)
-        log.info("nccl: attached %d uprobes to %s (dev %d, inode %d, sha256 %s)",
-                 probes, mapped.path, lib.dev, lib.inode, lib.sha256)
+        log.info("nccl: attached %d uprobes to %s (dev %d, inode %d, sha256 %s); "
+                 "%d of %d entry probes past an endbr64, %d single-stepped (slow path)",
+                 probes, mapped.path, lib.dev, lib.inode, lib.sha256, lib.endbr_skipped,
+                 len(sites), len(lib.slow))
+        if lib.slow:
+            log.warning("nccl: %s: %s", mapped.path, slow_summary(sites))
         return lib
+
+    def slow_probes(self) -> dict[str, str]:
+        """Library path -> what is on the slow single-step path, for each
+        attached library that has any (the sensor's status detail)."""
+        return {lib.path: slow_summary(list(lib.sites)) for lib in set(self.libs.values())
+                if lib.slow}
 
     def remember_range(self, mapped: MappedFile, key: FileKey) -> None:
         """Note where ``mapped`` lies in its process (from its map_files name)."""
@@ -277,21 +323,43 @@ class Attacher:
             existing.append(candidate)
         return existing[0] if existing else mapped.map_path  # bcc then says why not
 
-    def _attach_all(self, target: str) -> int:
+    def _attach_all(self, target: str) -> tuple[int, list[Site]]:
         """Attach every probe whose symbol the library has; raise if it has none.
+        Returns the uprobes attached and the entry site of each probed function.
 
-        All or nothing per file: if the file vanished half-way (its process
-        exited), the probes already attached are taken off again, so the
-        next mapping attaches afresh without probing any function twice
-        (which would count its calls twice).
+        Entry and return probes of a function go to its probe site (past an
+        endbr64: prologue.py), so they share one breakpoint. All or nothing
+        per file: if the file vanished half-way (its process exited), the
+        probes already attached are taken off again, so the next mapping
+        attaches afresh without probing any function twice (which would
+        count its calls twice).
         """
         bpf = self.bpf
         before = set(bpf.uprobe_fds)  # type: ignore[attr-defined]
-        missing = []
+        missing: list[str] = []
+        sites: dict[str, Site] = {}
+        placed: dict[tuple[int, bool], str] = {}  # (file offset, return?) -> symbol
         for sym, fn, ret in PROBES:
-            attach = bpf.attach_uretprobe if ret else bpf.attach_uprobe  # type: ignore[attr-defined]
+            if sym in missing:
+                continue
             try:
-                attach(name=target.encode(), sym=sym.encode(), fn_name=fn.encode())
+                site = sites.get(sym) or read_site(target, sym)
+                first = placed.setdefault((site.offset, ret), sym)
+                if first != sym:
+                    # an alias of a function probed already (a build that
+                    # folded two entry points): one call must count once
+                    log.warning("nccl: %s: %s is at %s's address: counted as %s",
+                                target, sym, first, first)
+                    continue
+                if ret:
+                    # bcc's attach_uretprobe has no sym_off: addr= is an ELF
+                    # address, which bcc turns into the file offset
+                    bpf.attach_uretprobe(name=target.encode(), addr=site.vaddr + site.skip,  # type: ignore[attr-defined]
+                                         fn_name=fn.encode())
+                else:
+                    bpf.attach_uprobe(name=target.encode(), sym=sym.encode(),  # type: ignore[attr-defined]
+                                      fn_name=fn.encode(), sym_off=site.skip)
+                sites[sym] = site
             except Exception:
                 missing.append(sym)
         added = set(bpf.uprobe_fds) - before  # type: ignore[attr-defined]
@@ -302,4 +370,4 @@ class Attacher:
                                else f"{target} vanished while attaching")
         if missing:
             log.warning("nccl: %s lacks %s (older NCCL?)", target, ", ".join(sorted(set(missing))))
-        return len(added)
+        return len(added), list(sites.values())

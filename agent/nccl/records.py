@@ -12,6 +12,7 @@ OP_NCCL_END: int = C["OP_NCCL_END"]
 ID_LEN: int = C["NCCL_ID_LEN"]
 MAX_COMMS: int = C["NCCL_MAX_COMMS"]
 HIST_BUCKETS: int = C["NCCL_HIST_BUCKETS"]
+MAX_EXCLUDED: int = C["NCCL_MAX_EXCLUDED"]
 
 
 class NcclInitRec(ct.Structure):
@@ -26,6 +27,12 @@ class NcclInitRec(ct.Structure):
         ("pad", ct.c_uint32),
         ("comms", ct.c_uint64 * MAX_COMMS),
         ("id", ct.c_uint8 * ID_LEN),
+        ("parent", ct.c_uint64),
+        ("color", ct.c_int32),
+        ("key", ct.c_int32),
+        ("id_known", ct.c_uint32),
+        ("nexcluded", ct.c_int32),
+        ("excluded", ct.c_int32 * MAX_EXCLUDED),
     )
 
 

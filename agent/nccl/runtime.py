@@ -20,7 +20,10 @@ from agent.nccl.types import (
     END_FUNCTIONS,
     FN_ABORT,
     FN_INIT_ALL,
+    FN_SHRINK,
+    FN_SPLIT,
     INIT_FUNCTIONS,
+    MAX_EXCLUDED,
     OPS,
     comm_id,
     datatype_name,
@@ -128,12 +131,19 @@ class NcclRuntime:
                 "nccl_attach_queue": lambda: self.attacher.dropped}
 
     def status(self) -> events_pb2.SensorStatus | None:
+        """Degraded while a library could not be probed; "ok" with a detail
+        while some probes sit on the slow single-step path (prologue.py),
+        so an operator sees why NCCL calls cost ~5 us more there."""
         failed = dict(self.attacher.failed)
-        if not failed:
+        slow = self.attacher.slow_probes()
+        if not failed and not slow:
             return None
-        return events_pb2.SensorStatus(
-            name="nccl", state="degraded",
-            detail="cannot attach uprobes to " + "; ".join(sorted(failed.values())))
+        details = []
+        if failed:
+            details.append("cannot attach uprobes to " + "; ".join(sorted(failed.values())))
+        details += [f"{path}: {what}" for path, what in sorted(slow.items())]
+        return events_pb2.SensorStatus(name="nccl", state="degraded" if failed else "ok",
+                                       detail="; ".join(details))
 
     def close(self) -> None:
         pass  # the uprobes go with the BPF object (agent teardown)
@@ -163,15 +173,24 @@ class NcclRuntime:
         """nccl.comm_init; None when handed to the attacher to add the library hash."""
         r = NcclInitRec.from_buffer_copy(data)
         pid = r.h.pid
-        cid = comm_id(bytes(r.id))
+        cid = comm_id(bytes(r.id)) if r.id_known else ""
         handles = [int(h) for h in r.comms[: r.ncomms]]
         for i, handle in enumerate(handles):
             rank = i if r.fn == FN_INIT_ALL else r.rank
-            self.names[(pid, handle)] = CommName(cid, rank, r.nranks)
+            # a split child's size is not known: nccl.collective says 0 then
+            self.names[(pid, handle)] = CommName(cid, rank, max(r.nranks, 0))
         env = read_environ(pid, self.ctx.proc_root) or self.environ.get(pid, b"")
         payload = nccl_pb2.NcclCommInit(
             function=INIT_FUNCTIONS.get(r.fn, f"fn{r.fn}"), nranks=r.nranks, rank=r.rank,
             comm_id=cid, nccl_env=nccl_env(env), result=r.result, comm_handles=handles)
+        if r.fn in (FN_SPLIT, FN_SHRINK):
+            payload.parent_comm_handle = r.parent
+            payload.parent_comm_id = self._comm_name(pid, int(r.parent)).comm_id
+        if r.fn == FN_SPLIT:
+            payload.split_color, payload.split_key = r.color, r.key
+        if r.fn == FN_SHRINK:
+            payload.excluded_count = r.nexcluded
+            payload.excluded_ranks.extend(r.excluded[:max(0, min(r.nexcluded, MAX_EXCLUDED))])
         rec = header_record("nccl.comm_init", r.h, clock, payload)
         self._remember_ident(rec)
         where = self.attacher.locate(pid, r.ip)
@@ -292,7 +311,7 @@ class NcclRuntime:
             v = self.comms[self.comms.Key(tgid, 0, handle)]
         except KeyError:
             return UNKNOWN
-        name = CommName(comm_id(bytes(v.id)), v.rank, v.nranks)
+        name = CommName(comm_id(bytes(v.id)), v.rank, max(v.nranks, 0))
         if v.rank >= 0:  # InitAll's ranks come with its record
             self.names[(tgid, handle)] = name
         return name

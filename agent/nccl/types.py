@@ -53,12 +53,21 @@ OPS: dict[int, str] = {
     E["NCCL_OP_RECV"]: "Recv",
     E["NCCL_OP_GROUPSTART"]: "GroupStart",
     E["NCCL_OP_GROUPEND"]: "GroupEnd",
+    E["NCCL_OP_ALLTOALL"]: "AlltoAll",
+    E["NCCL_OP_GATHER"]: "Gather",
+    E["NCCL_OP_SCATTER"]: "Scatter",
+    E["NCCL_OP_PUTSIGNAL"]: "PutSignal",
+    E["NCCL_OP_SIGNAL"]: "Signal",
+    E["NCCL_OP_WAITSIGNAL"]: "WaitSignal",
 }
 
 INIT_FUNCTIONS: dict[int, str] = {
     E["NCCL_FN_INIT_RANK"]: "ncclCommInitRank",
     E["NCCL_FN_INIT_RANK_CONFIG"]: "ncclCommInitRankConfig",
     E["NCCL_FN_INIT_ALL"]: "ncclCommInitAll",
+    E["NCCL_FN_INIT_RANK_SCALABLE"]: "ncclCommInitRankScalable",
+    E["NCCL_FN_SPLIT"]: "ncclCommSplit",
+    E["NCCL_FN_SHRINK"]: "ncclCommShrink",
 }
 END_FUNCTIONS: dict[int, str] = {
     E["NCCL_FN_DESTROY"]: "ncclCommDestroy",
@@ -66,6 +75,51 @@ END_FUNCTIONS: dict[int, str] = {
 }
 FN_INIT_ALL: int = E["NCCL_FN_INIT_ALL"]
 FN_ABORT: int = E["NCCL_FN_ABORT"]
+FN_SPLIT: int = E["NCCL_FN_SPLIT"]
+FN_SHRINK: int = E["NCCL_FN_SHRINK"]
+MAX_EXCLUDED: int = C["NCCL_MAX_EXCLUDED"]
+
+_M64 = (1 << 64) - 1
+SPLIT_TAG = 0x54494C5053434E4E  # NCCL_SPLIT_TAG in agent/bpf/nccl.c
+SHRINK_TAG = 0x4B4E49524853434E  # NCCL_SHRINK_TAG
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finalizer (nccl_mix64 in agent/bpf/nccl.c)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def derive_id(parent_id: bytes, salt: int) -> bytes:
+    """A derived communicator's 128-byte stand-in id (nccl_derive in
+    agent/bpf/nccl.c): each little-endian 64-bit word i of the parent's id
+    becomes mix64(word ^ salt ^ i << 56). mix64 is a bijection, so distinct
+    parents give distinct children for one salt."""
+    if len(parent_id) != ID_LEN:
+        raise ValueError(f"an ncclUniqueId is {ID_LEN} bytes, got {len(parent_id)}")
+    words = (int.from_bytes(parent_id[i:i + 8], "little") for i in range(0, ID_LEN, 8))
+    return b"".join(_mix64(w ^ salt ^ (i << 56)).to_bytes(8, "little")
+                    for i, w in enumerate(words))
+
+
+def split_id(parent_id: bytes, color: int) -> bytes:
+    """The stand-in id of the child ncclCommSplit makes of the communicator
+    ``parent_id`` for ``color`` (nccl_up_split), so comm_id(split_id(uid, c))
+    names that child on every rank: salt SPLIT_TAG ^ (color as u32) x
+    0x9e3779b97f4a7c15."""
+    return derive_id(parent_id, SPLIT_TAG ^ (((color & 0xFFFFFFFF) * 0x9E3779B97F4A7C15) & _M64))
+
+
+def shrink_id(parent_id: bytes, excluded: list[int]) -> bytes:
+    """The stand-in id of the communicator ncclCommShrink makes of
+    ``parent_id`` without the ranks ``excluded`` (nccl_up_shrink): the salt
+    mixes in their count, then each of the first MAX_EXCLUDED ranks with its
+    position."""
+    salt = _mix64(SHRINK_TAG ^ (len(excluded) & 0xFFFFFFFF))
+    for i, r in enumerate(excluded[:MAX_EXCLUDED]):
+        salt = _mix64(salt ^ (r & 0xFFFFFFFF) ^ (i << 32))
+    return derive_id(parent_id, salt)
 
 LIBRARY_NAME = re.compile(r"^libnccl\.so(\.\d+)*$")
 """File names of NCCL's library: libnccl.so, libnccl.so.2, libnccl.so.2.27.3.

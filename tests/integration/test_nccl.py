@@ -23,9 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.nccl.attach import nccl_mappings, sha256_file
+from agent.nccl.attach import PROBES, nccl_mappings, sha256_file
 from agent.nccl.runtime import NcclRuntime
-from agent.nccl.types import comm_id
+from agent.nccl.types import comm_id, shrink_id, split_id
 from agent.record import Record
 from agent.sensors import nccl
 from agent.sensors.base import BootClock, MappedFile, SensorContext, SensorHooks
@@ -62,10 +62,25 @@ class Rig:
             if rec is not None:
                 self.inbox.offer(rec)
 
+    def run(self, *drivers: Driver) -> None:
+        """Probe each driver's library, let them all finish, then read
+        their records and collective counters into the inbox."""
+        for d in drivers:
+            self.runtime.attach(d.mapping())
+            d.go()
+        self.drain()
+        self.runtime.flush()
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeNccl:
     return build(tmp_path_factory.mktemp("fakenccl"))
+
+
+@pytest.fixture(scope="module")
+def distro(tmp_path_factory: pytest.TempPathFactory) -> FakeNccl:
+    """The fake built as Ubuntu/Fedora build: endbr64, then push %rbp."""
+    return build(tmp_path_factory.mktemp("fakenccl-distro"), "distro")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +160,23 @@ CALLS = {  # op, datatype, count, times: primes, so a miscount shows
 }
 NAMES = {"allreduce": "AllReduce", "broadcast": "Broadcast", "reduce": "Reduce",
          "allgather": "AllGather", "reducescatter": "ReduceScatter", "send": "Send",
-         "recv": "Recv"}
+         "recv": "Recv", "alltoall": "AlltoAll", "gather": "Gather", "scatter": "Scatter",
+         "putsignal": "PutSignal", "signal": "Signal", "waitsignal": "WaitSignal"}
+NO_DATA = {"signal", "waitsignal"}  # counted with datatype "" and 0 bytes
+# NCCL 2.32's nccl*Config entry points count as their plain operation
+NAMES.update({f"{op}config": name for op, name in list(NAMES.items())
+              if op not in ("send", "recv", "putsignal") and op not in NO_DATA})
+# every NCCL 2.32 collective entry point once, plain and *Config variants
+# sharing a datatype so they must add up in one key
+CALLS_232 = {
+    ("allreduce", "float32", 1024, 3), ("allreduceconfig", "float32", 1024, 5),
+    ("broadcastconfig", "int8", 17, 7), ("reduceconfig", "float64", 3, 11),
+    ("allgatherconfig", "float16", 65537, 2), ("reducescatterconfig", "int32", 129, 13),
+    ("alltoall", "bfloat16", 4099, 17), ("alltoallconfig", "bfloat16", 4099, 19),
+    ("gather", "uint64", 31, 23), ("gatherconfig", "uint64", 31, 29),
+    ("scatter", "float8e4m3", 1_000_003, 31), ("scatterconfig", "int8", 5, 37),
+    ("putsignal", "float16", 4097, 41), ("signal", "int8", 0, 43), ("waitsignal", "int8", 3, 47),
+}
 
 
 def call_args(calls: Calls) -> list[str]:
@@ -153,7 +184,11 @@ def call_args(calls: Calls) -> list[str]:
 
 
 def expected(calls: Calls, groups: int) -> Sums:
-    out = {(NAMES[op], t): (times, times * n * SIZES[t]) for op, t, n, times in calls}
+    out: Sums = {}
+    for op, t, n, times in calls:
+        key = (NAMES[op], "" if op in NO_DATA else t)
+        was = out.get(key, (0, 0))
+        out[key] = (was[0] + times, was[1] + (0 if op in NO_DATA else times * n * SIZES[t]))
     if groups:
         out[("GroupStart", "")] = out[("GroupEnd", "")] = (groups, 0)
     return out
@@ -187,10 +222,7 @@ def test_collectives_name_their_communicator_and_rank(rig: Rig, fake: FakeNccl) 
     uid = secrets.token_bytes(128)
     d = Driver(fake, "--nranks", "2", "--rank", "1", "--uid", uid.hex(),
                "--call", "allreduce:float32:8:3", "--group", "2")
-    rig.runtime.attach(d.mapping())
-    d.go()
-    rig.drain()
-    rig.runtime.flush()
+    rig.run(d)
     by_op = {r.payload.op: r.payload for r in rig.inbox.take("nccl.collective") if r.pid == d.pid}
     ar = by_op["AllReduce"]
     assert (ar.comm_id, ar.rank, ar.nranks, ar.calls) == (comm_id(uid), 1, 2, 3)
@@ -221,10 +253,7 @@ def test_same_unique_id_gives_same_comm_id(rig: Rig, fake: FakeNccl) -> None:
 
 def test_init_all_creates_one_handle_per_device(rig: Rig, fake: FakeNccl) -> None:
     d = Driver(fake, "--init", "all", "--nranks", "3", "--call", "broadcast:int8:5:2")
-    rig.runtime.attach(d.mapping())
-    d.go()
-    rig.drain()
-    rig.runtime.flush()
+    rig.run(d)
     (init,) = [r.payload for r in rig.inbox.take("nccl.comm_init") if r.pid == d.pid]
     assert (init.function, init.nranks, init.rank, len(init.comm_handles)) == (
         "ncclCommInitAll", 3, -1, 3)
@@ -358,4 +387,152 @@ def test_collectives_named_before_the_init_record_is_read(rig: Rig, fake: FakeNc
     d.go()
     rig.drain()
     rig.inbox.take("nccl.comm_init")
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_nccl_232_entry_points_are_counted_exactly(rig: Rig, fake: FakeNccl) -> None:
+    """The *Config variants (own entry points in NCCL 2.32) count as their
+    plain operation; AlltoAll, Gather, Scatter and the one-sided PutSignal,
+    Signal, WaitSignal (comm the 10th argument: [sp+32]) are operations of
+    their own."""
+    uid = secrets.token_bytes(128)
+    d = Driver(fake, "--nranks", "4", "--rank", "3", "--uid", uid.hex(), *call_args(CALLS_232))
+    rig.run(d)
+    colls = [r for r in rig.inbox.take("nccl.collective") if r.pid == d.pid]
+    assert sums(colls, d.pid) == expected(CALLS_232, 0)
+    assert {(r.payload.comm_id, r.payload.rank, r.payload.nranks) for r in colls} == {
+        (comm_id(uid), 3, 4)}
+    rig.inbox.take("nccl.comm_init")
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_distro_build_is_probed_past_endbr64_and_counts_exactly(
+        rig: Rig, distro: FakeNccl) -> None:
+    """-fcf-protection=full: every function starts with endbr64; the probes
+    go 4 bytes in, onto the (emulated) push, and read the same arguments:
+    the 128-byte id on the stack, the 7th argument at [sp+8], the return."""
+    uid = secrets.token_bytes(128)
+    calls = CALLS | CALLS_232
+    d = Driver(distro, "--init", "config", "--nranks", "8", "--rank", "5", "--uid", uid.hex(),
+               *call_args(calls), "--group", "7", "--end", "abort")
+    lib = rig.runtime.attach(d.mapping())
+    assert lib is not None
+    assert {(s.skip, s.kind) for s in lib.sites} == {(4, "push")}, lib.sites
+    assert len(lib.sites) == len({sym for sym, _, _ in PROBES}) and lib.slow == ()
+    d.go()
+    rig.drain()
+    rig.runtime.flush()
+    assert sums(rig.inbox.take("nccl.collective"), d.pid) == expected(calls, 7)
+    (init,) = [r.payload for r in rig.inbox.take("nccl.comm_init") if r.pid == d.pid]
+    assert (init.function, init.nranks, init.rank, init.result, init.comm_id) == (
+        "ncclCommInitRankConfig", 8, 5, 0, comm_id(uid))
+    (end,) = [r.payload for r in rig.inbox.take("nccl.comm_end") if r.pid == d.pid]
+    assert (end.function, end.comm_id, end.comm_handle) == (
+        "ncclCommAbort", comm_id(uid), init.comm_handles[0])
+
+
+def test_slow_probes_are_reported_in_the_status(rig: Rig, fake: FakeNccl) -> None:
+    """-O2 alone: leaf functions start with a mov, single-stepped: said so."""
+    d = Driver(fake)
+    lib = rig.runtime.attach(d.mapping())
+    d.go()
+    assert lib is not None and "ncclAllReduce" in lib.slow
+    status = rig.runtime.status()
+    assert status is not None and status.state == "ok"
+    assert f"{lib.path}: {len(lib.slow)} of {len(lib.sites)} entry uprobes single-stepped" in (
+        status.detail)
+    rig.drain()
+    rig.inbox.take("nccl.comm_init")
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_init_rank_scalable_is_named_by_its_first_id(rig: Rig, fake: FakeNccl) -> None:
+    uid = secrets.token_bytes(128)
+    d = Driver(fake, "--init", "scalable", "--nranks", "16", "--rank", "9", "--uid", uid.hex(),
+               "--call", "gather:int32:6:4")
+    rig.run(d)
+    (init,) = [r.payload for r in rig.inbox.take("nccl.comm_init") if r.pid == d.pid]
+    assert (init.function, init.nranks, init.rank, init.result, init.comm_id) == (
+        "ncclCommInitRankScalable", 16, 9, 0, comm_id(uid))
+    (coll,) = [r.payload for r in rig.inbox.take("nccl.collective") if r.pid == d.pid]
+    assert (coll.op, coll.comm_id, coll.rank, coll.nranks, coll.calls, coll.bytes) == (
+        "Gather", comm_id(uid), 9, 16, 4, 96)
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_split_children_agree_on_a_derived_comm_id(rig: Rig, fake: FakeNccl) -> None:
+    """ncclCommSplit: ranks of one parent passing one color name one child,
+    derived from the parent's id and the color; another color, another id;
+    NCCL_SPLIT_NOCOLOR makes no communicator."""
+    uid = secrets.token_bytes(128)
+    colors = (3, 3, 4, -1)
+    ranks = [Driver(fake, "--nranks", "4", "--rank", str(r), "--uid", uid.hex(),
+                    "--split", f"{color}:{r}", "--call", "allreduce:float32:10:3")
+             for r, color in enumerate(colors)]
+    rig.run(*ranks)
+    inits = rig.inbox.take("nccl.comm_init")
+    colls = rig.inbox.take("nccl.collective")
+    for r, (d, color) in enumerate(zip(ranks, colors, strict=True)):
+        mine = {p.function: p for p in (x.payload for x in inits if x.pid == d.pid)}
+        parent, child = mine["ncclCommInitRank"], mine["ncclCommSplit"]
+        assert (child.parent_comm_id, child.parent_comm_handle) == (
+            comm_id(uid), parent.comm_handles[0])
+        assert (child.split_color, child.split_key, child.rank, child.nranks, child.result) == (
+            color, r, -1, -1, 0)
+        (coll,) = [x.payload for x in colls if x.pid == d.pid]
+        if color == -1:  # no child: the calls went to the parent
+            assert list(child.comm_handles) == []
+            assert (coll.comm_id, coll.rank, coll.nranks) == (comm_id(uid), r, 4)
+            continue
+        assert child.comm_id == comm_id(split_id(uid, color)) != comm_id(uid)
+        assert (coll.comm_id, coll.comm_handle, coll.rank, coll.nranks, coll.calls) == (
+            child.comm_id, child.comm_handles[0], -1, 0, 3)
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_split_of_an_unseen_parent_has_no_comm_id(
+        rig: Rig, fake: FakeNccl, tmp_path: Path) -> None:
+    """The parent's init ran before the probes: the child cannot be named."""
+    shutil.copy(fake.library, tmp_path / fake.library.name)  # a file not probed yet
+    d = Driver(fake, "--pause", "--split", "5:0", "--call", "allreduce:int8:2:2",
+               env={"LD_LIBRARY_PATH": str(tmp_path)})
+    d.go(until="paused")  # the parent is made before the library is probed
+    rig.run(d)
+    (child,) = [x.payload for x in rig.inbox.take("nccl.comm_init") if x.pid == d.pid]
+    assert (child.function, child.comm_id, child.parent_comm_id, len(child.comm_handles)) == (
+        "ncclCommSplit", "", "", 1)
+    (coll,) = [x.payload for x in rig.inbox.take("nccl.collective") if x.pid == d.pid]
+    assert (coll.comm_id, coll.comm_handle, coll.calls) == ("", child.comm_handles[0], 2)
+    rig.inbox.take("nccl.comm_end")
+
+
+def test_shrink_survivors_agree_on_a_derived_comm_id(rig: Rig, fake: FakeNccl) -> None:
+    """ncclCommShrink: the surviving ranks, all passing one exclude list,
+    name one child derived from the parent's id and the list; an excluded
+    rank that calls gets none."""
+    uid = secrets.token_bytes(128)
+    ranks = [Driver(fake, "--nranks", "5", "--rank", str(r), "--uid", uid.hex(),
+                    "--shrink", "3,1", "--call", "send:int32:2:5") for r in range(4)]
+    other = Driver(fake, "--nranks", "5", "--rank", "0", "--uid", uid.hex(), "--shrink", "1")
+    rig.run(*ranks, other)
+    inits = rig.inbox.take("nccl.comm_init")
+    colls = rig.inbox.take("nccl.collective")
+    children = {}
+    for r, d in enumerate(ranks):
+        mine = {p.function: p for p in (x.payload for x in inits if x.pid == d.pid)}
+        parent, child = mine["ncclCommInitRank"], mine["ncclCommShrink"]
+        assert (child.parent_comm_id, child.parent_comm_handle, child.excluded_count,
+                list(child.excluded_ranks), child.rank, child.nranks) == (
+            comm_id(uid), parent.comm_handles[0], 2, [3, 1], -1, -1)
+        (coll,) = [x.payload for x in colls if x.pid == d.pid]
+        assert (coll.op, coll.calls, coll.bytes) == ("Send", 5, 40)
+        if r in (1, 3):  # excluded: no communicator, the sends went to the parent
+            assert list(child.comm_handles) == [] and coll.comm_id == comm_id(uid)
+            continue
+        children[r] = child.comm_id
+        assert coll.comm_id == child.comm_id and coll.comm_handle == child.comm_handles[0]
+    assert set(children.values()) == {comm_id(shrink_id(uid, [3, 1]))}
+    (alone,) = [x.payload for x in inits if x.pid == other.pid and x.payload.function ==
+                "ncclCommShrink"]
+    assert alone.comm_id == comm_id(shrink_id(uid, [1])) not in children.values()
     rig.inbox.take("nccl.comm_end")

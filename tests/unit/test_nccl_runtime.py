@@ -23,7 +23,7 @@ from agent.nccl.records import (
     NcclInitRec,
     NcclMark,
 )
-from agent.nccl.runtime import NcclRuntime
+from agent.nccl.runtime import CommName, NcclRuntime
 from agent.nccl.types import comm_id
 from agent.sensors.base import BootClock, MappedFile, SensorContext, SensorHooks
 from tests.inbox import ListInbox
@@ -119,6 +119,7 @@ def init_rec(uid: bytes, handle: int, rank: int = 3, nranks: int = 8) -> bytes:
     r.h.op, r.h.pid, r.h.tid, r.h.ktime_ns = OP_NCCL_INIT, PID, PID, 10**9
     r.fn, r.nranks, r.rank, r.result, r.ip, r.ncomms = 0, nranks, rank, 0, BASE + 0x40, 1
     r.comms[0] = handle
+    r.id_known = 1
     ct.memmove(r.id, uid, 128)
     return bytes(r)
 
@@ -174,3 +175,60 @@ def test_flush_reports_bytes_names_and_forgets_exited_processes(
     assert PID in runtime.idents  # kept one more flush for late ring records
     runtime.flush()
     assert PID not in runtime.idents and not runtime.names
+
+
+def test_decode_split_names_parent_and_derived_child(runtime: NcclRuntime) -> None:
+    from agent.nccl.types import FN_SPLIT, split_id
+
+    uid = hashlib.sha512(b"parent").digest() * 2
+    runtime.decoders()[OP_NCCL_INIT](init_rec(uid, 0x1000), runtime.ctx.clock)
+    r = NcclInitRec.from_buffer_copy(init_rec(split_id(uid, 2), 0x2000, rank=-1, nranks=-1))
+    r.fn, r.parent, r.color, r.key = FN_SPLIT, 0x1000, 2, 5
+    rec = runtime.decoders()[OP_NCCL_INIT](bytes(r), runtime.ctx.clock)
+    assert rec is not None
+    p = rec.payload
+    assert (p.function, p.comm_id, p.rank, p.nranks) == (
+        "ncclCommSplit", comm_id(split_id(uid, 2)), -1, -1)
+    assert (p.parent_comm_id, p.parent_comm_handle, p.split_color, p.split_key) == (
+        comm_id(uid), 0x1000, 2, 5)
+    # the child's collectives: its comm_id, rank unknown, size 0 (unknown)
+    assert runtime._comm_name(PID, 0x2000) == CommName(comm_id(split_id(uid, 2)), -1, 0)
+    r.id_known = 0
+    unseen = runtime.decoders()[OP_NCCL_INIT](bytes(r), runtime.ctx.clock)
+    assert unseen is not None and unseen.payload.comm_id == ""
+
+
+def test_status_reports_slow_probes_and_failures(runtime: NcclRuntime) -> None:
+    from agent.nccl.prologue import Site
+
+    assert runtime.status() is None  # the library of the fixture has no sites
+    slow = Site("ncclSend", 0x10, 0x10, 0, b"\xb8\x04\x00\x00\x00", "other")
+    fast = Site("ncclAllReduce", 0x20, 0x20, 4, b"\x55", "push")
+    lib = Library("/opt/libnccl.so.2", 1, 2, "", 2, (slow, fast))
+    runtime.attacher.libs[(1, 2)] = lib
+    s = runtime.status()
+    assert s is not None and (s.name, s.state) == ("nccl", "ok")
+    assert s.detail == ("/opt/libnccl.so.2: 1 of 2 entry uprobes single-stepped (slow path): "
+                        "ncclSend (b8 04 00 00)")
+    runtime.attacher.failed[(3, 4)] = "/x/libnccl.so.2: gone"
+    s = runtime.status()
+    assert s is not None and s.state == "degraded"
+    assert s.detail.startswith("cannot attach uprobes to /x/libnccl.so.2: gone; /opt/")
+
+
+def test_decode_shrink_names_parent_and_excluded_ranks(runtime: NcclRuntime) -> None:
+    from agent.nccl.types import FN_SHRINK, shrink_id
+
+    uid = hashlib.sha512(b"parent").digest() * 2
+    runtime.decoders()[OP_NCCL_INIT](init_rec(uid, 0x1000), runtime.ctx.clock)
+    excluded = list(range(40, 20, -1))  # 20 ranks: the record holds the first 16
+    r = NcclInitRec.from_buffer_copy(
+        init_rec(shrink_id(uid, excluded), 0x3000, rank=-1, nranks=-1))
+    r.fn, r.parent, r.nexcluded = FN_SHRINK, 0x1000, len(excluded)
+    r.excluded[:] = excluded[:16]
+    rec = runtime.decoders()[OP_NCCL_INIT](bytes(r), runtime.ctx.clock)
+    assert rec is not None
+    p = rec.payload
+    assert (p.function, p.comm_id, p.parent_comm_id, p.parent_comm_handle) == (
+        "ncclCommShrink", comm_id(shrink_id(uid, excluded)), comm_id(uid), 0x1000)
+    assert (p.excluded_count, list(p.excluded_ranks), p.split_color) == (20, excluded[:16], 0)

@@ -21,6 +21,8 @@ from agent.nccl.types import (
     datatype_size,
     is_nccl_library,
     nccl_env,
+    shrink_id,
+    split_id,
 )
 
 NCCL_H = Path(__file__).resolve().parents[1] / "fixtures/fakenccl/nccl.h"
@@ -58,7 +60,8 @@ def test_unknown_datatype_is_named_by_number_and_counts_no_bytes() -> None:
 def test_ops_cover_the_collectives_and_groups() -> None:
     assert sorted(OPS.values()) == sorted([
         "AllReduce", "Broadcast", "Reduce", "AllGather", "ReduceScatter", "Send", "Recv",
-        "GroupStart", "GroupEnd"])
+        "GroupStart", "GroupEnd", "AlltoAll", "Gather", "Scatter", "PutSignal", "Signal",
+        "WaitSignal"])
 
 
 def test_comm_id_is_a_stable_hash_of_the_whole_unique_id() -> None:
@@ -148,4 +151,45 @@ def test_header_enums_are_read_from_the_record_header() -> None:
     text = "enum a { X = 0, Y = 7 };\nenum b {\n    Z = 255,\n};\n#define W 3\n"
     from agent.nccl.types import header_enums
     assert header_enums(text) == {"X": 0, "Y": 7, "Z": 255}
-    assert len(set(OPS)) == len(OPS) == 9 and DTYPE_NONE == 255
+    assert len(set(OPS)) == len(OPS) == 15 and DTYPE_NONE == 255
+
+
+def test_split_id_is_deterministic_and_depends_on_parent_and_color() -> None:
+    uid = bytes(range(128))
+    child = split_id(uid, 3)
+    assert len(child) == 128 and child == split_id(bytes(uid), 3)
+    assert len({child, split_id(uid, 4), split_id(uid, -1), uid,
+                split_id(uid[:-1] + b"\xff", 3)}) == 5
+    assert split_id(child, 3) not in (uid, child)  # a split of a split is another child
+
+
+def test_split_id_words_are_the_kernel_mix() -> None:
+    """One word worked by hand: mix64(word ^ tag ^ color * golden ^ i << 56)."""
+    m = (1 << 64) - 1
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    salt = 0x54494C5053434E4E ^ ((7 * 0x9E3779B97F4A7C15) & m)
+    got = split_id(bytes(128), 7)
+    assert got[:8] == mix(salt).to_bytes(8, "little")
+    assert got[8:16] == mix(salt ^ (1 << 56)).to_bytes(8, "little")
+
+
+def test_split_id_refuses_a_wrong_length() -> None:
+    with pytest.raises(ValueError, match="128 bytes"):
+        split_id(b"\0" * 8, 1)
+
+
+def test_shrink_id_depends_on_the_excluded_ranks_and_their_order() -> None:
+    uid = bytes(range(128))
+    child = shrink_id(uid, [3, 1])
+    assert child == shrink_id(bytes(uid), [3, 1]) and len(child) == 128
+    others = {shrink_id(uid, [1, 3]), shrink_id(uid, [3]), shrink_id(uid, []),
+              shrink_id(uid, [3, 1, 0]), split_id(uid, 3), uid}
+    assert child not in others and len(others) == 6
+    # past the 16 ranks read, only the count tells lists apart
+    assert shrink_id(uid, [*range(16), 20]) == shrink_id(uid, [*range(16), 21])
+    assert shrink_id(uid, [*range(16), 20]) != shrink_id(uid, list(range(16)))

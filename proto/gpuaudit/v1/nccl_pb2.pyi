@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NcclCommInit(_message.Message):
-    __slots__ = ("function", "nranks", "rank", "comm_id", "library", "library_sha256", "nccl_env", "result", "comm_handles")
+    __slots__ = ("function", "nranks", "rank", "comm_id", "library", "library_sha256", "nccl_env", "result", "comm_handles", "parent_comm_id", "parent_comm_handle", "split_color", "split_key", "excluded_count", "excluded_ranks")
     class NcclEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,12 @@ class NcclCommInit(_message.Message):
     NCCL_ENV_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     COMM_HANDLES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_COMM_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_COMM_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_COLOR_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_RANKS_FIELD_NUMBER: _ClassVar[int]
     function: str
     nranks: int
     rank: int
@@ -36,7 +42,13 @@ class NcclCommInit(_message.Message):
     nccl_env: _containers.ScalarMap[str, str]
     result: int
     comm_handles: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, function: _Optional[str] = ..., nranks: _Optional[int] = ..., rank: _Optional[int] = ..., comm_id: _Optional[str] = ..., library: _Optional[str] = ..., library_sha256: _Optional[str] = ..., nccl_env: _Optional[_Mapping[str, str]] = ..., result: _Optional[int] = ..., comm_handles: _Optional[_Iterable[int]] = ...) -> None: ...
+    parent_comm_id: str
+    parent_comm_handle: int
+    split_color: int
+    split_key: int
+    excluded_count: int
+    excluded_ranks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, function: _Optional[str] = ..., nranks: _Optional[int] = ..., rank: _Optional[int] = ..., comm_id: _Optional[str] = ..., library: _Optional[str] = ..., library_sha256: _Optional[str] = ..., nccl_env: _Optional[_Mapping[str, str]] = ..., result: _Optional[int] = ..., comm_handles: _Optional[_Iterable[int]] = ..., parent_comm_id: _Optional[str] = ..., parent_comm_handle: _Optional[int] = ..., split_color: _Optional[int] = ..., split_key: _Optional[int] = ..., excluded_count: _Optional[int] = ..., excluded_ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NcclCollective(_message.Message):
     __slots__ = ("comm_id", "op", "datatype", "calls", "bytes", "first_call", "last_call", "interval_log2_ns", "comm_handle", "rank", "nranks")
