@@ -68,6 +68,7 @@ class AgentConfig:
     checkpoint_max_bytes: int = 16 << 30  # checkpoint.scan reads no bigger file
     nccl_flush_s: float = 5.0  # nccl.collective reporting interval
     net_flow_s: float = 10.0  # net.flow reporting interval
+    compat_watch: bool = True  # False (--no-compat-watch): ia32 syscalls unwatched, "blind"
 
     def listed(self, name: str) -> list[str]:
         """A comma-separated setting as a list, e.g. ``cfg.listed("protect")``."""
@@ -313,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     cfg.tls = getattr(args, "tls_files", None)
     cfg.insecure = bool(getattr(args, "insecure", False))
     cfg.nvml = not getattr(args, "no_nvml", False)
+    cfg.compat_watch = not getattr(args, "no_compat_watch", False)
     for name in ("spool_dir", "spool_max_bytes", "spool_policy", "fsync_interval_s",
                  "nvml_library", "nvml_poll_s", "protect", "code_allow", "cluster_cidrs",
                  "checkpoint_max_bytes", "nccl_flush_s", "net_flow_s"):

@@ -237,6 +237,9 @@ def _add_sensor_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net-flow-interval", dest="net_flow_s", metavar="SECONDS",
                    type=positive(float), default=None,
                    help="how often net.flow byte counts are reported (default: 10)")
+    p.add_argument("--no-compat-watch", action="store_true",
+                   help="do not watch for 32-bit (int $0x80) syscalls, which the other "
+                   "sensors cannot see (the agent then reports itself blind to them)")
 
 
 def _add_spool_flags(p: argparse.ArgumentParser) -> None:

@@ -123,11 +123,13 @@ struct bpf_load_rec {
  * Op codes are allocated in ranges so the headers never collide:
  *   9-11 code_events.h (code.load)      12-19 files_events.h (file.write, opens)
  *  20-27 nccl_events.h (nccl.*)         28-35 net_events.h (net.*)
+ *  36-37 compat_events.h (process.compat_syscall)
  * Numbers #defined in these headers are size limits (documented in the "Size
  * limits" table of docs/events.md), except the codes named OP_* and FW_*. */
 #include "code_events.h"
 #include "files_events.h"
 #include "nccl_events.h"
 #include "net_events.h"
+#include "compat_events.h"
 
 #endif /* GPUAUDIT_EVENTS_H */

@@ -46,6 +46,14 @@ def rfc3339(t_s: float) -> str:
     return ts.ToJsonString()
 
 
+def on_node(events: list[events_pb2.Event], node: str) -> list[events_pb2.Event]:
+    """The events, moved to ``node`` (a boot of its own): one case per node
+    keeps the cases' state windows apart."""
+    for ev in events:
+        ev.node, ev.boot_id = node, "b-" + node
+    return events
+
+
 def numbered(events: list[events_pb2.Event], start: int = 1) -> list[events_pb2.Event]:
     """``events`` with seq start, start+1, ... per (node, boot_id) in order."""
     nxt: dict[tuple[str, str], int] = {}

@@ -17,6 +17,7 @@ from tests.unit.test_findings_support import (
     ROOT,
     event,
     findings_collector,
+    on_node,
     rfc3339,
     training_job,
 )
@@ -33,6 +34,12 @@ def gpu_open(process: dict, errno: int = 0, t_s: float = 0.0, node: str = "") ->
 
 # rule id -> (events that must raise it, events that must not)
 CASES: dict[str, tuple[list, list]] = {
+    "compat-syscall": (
+        [event("process.compat_syscall", process=MALLORY, process_compat_syscall={
+            "nr": 5, "name": "open", "mode": "int80_in_64bit",
+            "args": [1073745920, 65, 420], "cs": 51})],
+        [],
+    ),
     "gpu-signal-cross-user": (
         [event("process.signal", process=MALLORY, process_signal=SIGKILL_BY_MALLORY)],
         [event("process.signal", process=ALICE, process_signal={**SIGKILL_BY_MALLORY}),
@@ -204,12 +211,6 @@ def straggler_events(slow_gap_s: float) -> list:
 def harness(tmp_path_factory):
     with findings_collector(tmp_path_factory.mktemp("rules")) as h:
         yield h
-
-
-def on_node(events: list, node: str) -> list:
-    for ev in events:
-        ev.node, ev.boot_id = node, "b-" + node
-    return events
 
 
 def test_every_enabled_default_rule_has_a_case():
