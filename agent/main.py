@@ -68,6 +68,7 @@ class AgentConfig:
     checkpoint_max_bytes: int = 16 << 30  # checkpoint.scan reads no bigger file
     nccl_flush_s: float = 5.0  # nccl.collective reporting interval
     net_flow_s: float = 10.0  # net.flow reporting interval
+    iouring_flush_s: float = 10.0  # process.io_uring op_count reporting interval
     compat_watch: bool = True  # False (--no-compat-watch): ia32 syscalls unwatched, "blind"
 
     def listed(self, name: str) -> list[str]:

@@ -124,6 +124,7 @@ struct bpf_load_rec {
  *   9-11 code_events.h (code.load)      12-19 files_events.h (file.write, opens)
  *  20-27 nccl_events.h (nccl.*)         28-35 net_events.h (net.*)
  *  36-37 compat_events.h (process.compat_syscall)
+ *  38-39 iouring_events.h (process.io_uring)
  * Numbers #defined in these headers are size limits (documented in the "Size
  * limits" table of docs/events.md), except the codes named OP_* and FW_*. */
 #include "code_events.h"
@@ -131,5 +132,6 @@ struct bpf_load_rec {
 #include "nccl_events.h"
 #include "net_events.h"
 #include "compat_events.h"
+#include "iouring_events.h"
 
 #endif /* GPUAUDIT_EVENTS_H */

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from agent.sensors import checkpoint, codeload, compat, files, gpu_open, nccl, net, process, tamper
+from agent.sensors import (
+    checkpoint,
+    codeload,
+    compat,
+    files,
+    gpu_open,
+    iouring,
+    nccl,
+    net,
+    process,
+    tamper,
+)
 from agent.sensors.base import BpfSensor
 
 # tamper first: bcc attaches probes in program-text order, so its bpf() probe
@@ -11,4 +22,5 @@ from agent.sensors.base import BpfSensor
 BPF_SENSORS: tuple[BpfSensor, ...] = (
     tamper.SENSOR, tamper.MODULE_SENSOR, gpu_open.SENSOR, process.SENSOR,
     codeload.SENSOR, files.SENSOR, checkpoint.SENSOR, nccl.SENSOR, net.SENSOR, compat.SENSOR,
+    iouring.SENSOR,
 )

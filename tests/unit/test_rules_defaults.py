@@ -188,6 +188,17 @@ CASES: dict[str, tuple[list, list]] = {
             "reason": "node_mismatch", "batches": 1})],
         [],
     ),
+    "iouring-unseen-op": (
+        [event("process.io_uring", process=MALLORY, process_io_uring={
+            "kind": "op", "opcode": 18, "op_name": "OPENAT", "op_class": "open", "count": 1,
+            "total": 1})],
+        [event("process.io_uring", process=MALLORY, process_io_uring={
+            "kind": "op", "opcode": 16, "op_name": "CONNECT", "op_class": "network",
+            "count": 1, "total": 1}),
+         event("process.io_uring", process=MALLORY, process_io_uring={
+             "kind": "op", "opcode": 23, "op_name": "WRITE", "op_class": "write", "count": 1,
+             "total": 1})],
+    ),
 }
 
 STRAGGLER = "nccl-straggler"
