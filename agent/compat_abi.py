@@ -115,6 +115,7 @@ class AbiState:
 
     state: str
     detail: str = ""
+    pid: int | None = None  # the probe child's pid, when it answered (the self-test needs it)
 
 
 def probe_ia32_abi(python: str = sys.executable, timeout_s: float = 10.0) -> AbiState:
@@ -134,7 +135,7 @@ def interpret_probe(returncode: int, stdout: str, stderr: str) -> AbiState:
     words = stdout.split()
     if returncode == 0 and len(words) == 3 and words[0] == "pid":
         if words[1] == words[2]:
-            return AbiState("enabled", "int $0x80 getpid() answered")
+            return AbiState("enabled", "int $0x80 getpid() answered", int(words[2]))
         return AbiState("unknown", f"int $0x80 getpid() returned {words[1]}, not {words[2]}")
     why = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1]
     return AbiState("unknown", f"probe failed: {why}")
@@ -161,7 +162,29 @@ def plan(abi: AbiState, watch: bool) -> Plan:
     """
     if abi.state == "disabled":
         return Plan(False, "ok", "ia32 syscall ABI disabled: nothing to watch")
-    suffix = "" if abi.state == "enabled" else f" (ABI probe inconclusive: {abi.detail})"
     if not watch:
-        return Plan(False, "degraded", "detector off (--no-compat-watch): " + BLIND + suffix)
-    return Plan(True, "ok", "watching ia32 syscalls" + suffix)
+        return Plan(False, "degraded",
+                    "detector off (--no-compat-watch): " + BLIND + _inconclusive(abi))
+    return Plan(True, "ok", "watching ia32 syscalls" + _inconclusive(abi))
+
+
+BY_BTF = "thread_info.status via BTF"
+BY_REGISTERS = "register heuristic: a deliberate int $0x80 can pass as native"
+
+
+def watching(abi: AbiState, by_btf: bool, why_not_btf: str = "") -> Plan:
+    """The attached detector's status, saying how it tells ia32 calls apart.
+
+    The kernel's TS_COMPAT flag (by_btf) cannot be forged from user space:
+    "ok". The register heuristic can, by a program written to: "degraded",
+    with why the flag could not be used.
+    """
+    if by_btf:
+        return Plan(True, "ok", f"watching ia32 syscalls ({BY_BTF})" + _inconclusive(abi))
+    why = f"; {why_not_btf}" if why_not_btf else ""
+    return Plan(True, "degraded",
+                f"watching ia32 syscalls ({BY_REGISTERS}){why}" + _inconclusive(abi))
+
+
+def _inconclusive(abi: AbiState) -> str:
+    return "" if abi.state == "enabled" else f" (ABI probe inconclusive: {abi.detail})"

@@ -9,6 +9,9 @@
 #define COMPAT_BURST 512
 #define COMPAT_GAP_NS 1000000
 #define COMPAT_REPORT_AGAIN_NS 600000000000
+/* (tgid, nr) pairs the start-up self-test of the BTF method can note; a
+ * wrong offset fills it (and then fails the test: the probe's call is absent) */
+#define COMPAT_SELFTEST_ENTRIES 1024
 
 /* process.compat_syscall: the first ia32 syscall of a process with a given
  * number (again after COMPAT_REPORT_AGAIN_NS). Header = the caller. */

@@ -142,6 +142,8 @@ class BpfSensor:
     # C struct name -> ctypes mirror, for tests/integration/test_alignment.py
     mirrors: dict[str, type] = field(default_factory=dict)
     runtime: Callable[[SensorContext], SensorRuntime] | None = None
+    # more -D flags, computed at load (e.g. an offset from the running kernel's BTF)
+    cflags: Callable[[], list[str]] | None = None
 
     def source_path(self, bpf_dir: Path) -> Path | None:
         return bpf_dir / self.source if self.source else None

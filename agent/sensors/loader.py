@@ -74,6 +74,8 @@ def sensor_cflags(sensor: BpfSensor, tracefs: Path) -> list[str]:
                 flags.append(f"-D{macro}=1")
         except OSError:
             pass
+    if sensor.cflags is not None:
+        flags.extend(sensor.cflags())
     return flags
 
 

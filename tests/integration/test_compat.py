@@ -2,8 +2,10 @@
 which no syscalls:sys_enter_* tracepoint sees; the real eBPF agent reports them
 as process.compat_syscall over real gRPC into the collector's SQLite.
 
-Also: the ABI probe on this machine, and the compat runtime attaching (or,
-turned off, not attaching and saying the agent is blind) on a real program.
+Also: the ABI probe on this machine, and the compat runtime on a real program:
+the BTF offset of thread_info.status proved by the start-up self-test (and a
+wrong one refused), the register heuristic as the fallback (which a forged
+int $0x80 evades), and, turned off, nothing attached and the agent blind.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from agent.btf import MemberOffset
 from agent.compat_abi import probe_ia32_abi
 from agent.record import Record
 from agent.sensors import compat
@@ -32,6 +36,7 @@ pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
 NODE = "it-node"
 O_WRONLY_CREAT = 0o101
+FORGED_RETURN = 0x1_0000_0041  # int80_forged.c: where its int $0x80 returns to
 
 if platform.machine() != "x86_64":
     pytest.skip("the ia32 ABI exists on x86-64 only", allow_module_level=True)
@@ -116,26 +121,39 @@ def test_a_normal_64bit_process_yields_no_compat_event(
     assert _compat_events(collector, pid) == []
 
 
-def test_forged_native_registers_evade_the_detector(
+def test_forged_native_registers_are_caught_by_the_kernel_flag(
         collector: Collector, bpf_agent: Agent, programs: SimpleNamespace,
         tmp_path: Path) -> None:
-    # Pins the documented residual evasion (docs: process.compat_syscall):
     # int $0x80 with rcx == return address and r11 == rflags looks native in
-    # pt_regs. If this starts failing, the detector got stronger: update the docs.
+    # pt_regs (it evades the register heuristic: see the fallback test below),
+    # but the kernel still set TS_COMPAT for it, which is what the agent reads.
     target = tmp_path / "forged"
     proc = subprocess.Popen([str(programs.forged), str(target)], stdout=subprocess.PIPE)
     proc.communicate(timeout=60)
-    assert proc.returncode == 0 and target.exists()
+    assert proc.returncode == 0 and target.exists()  # the forged open worked
     settle(collector, NODE)
-    assert collector.query(types=["process.exec"], pid=proc.pid)
-    assert _compat_events(collector, proc.pid) == []
+    (ev,) = _compat_events(collector, proc.pid)
+    c = ev.process_compat_syscall
+    assert (c.nr, c.name, c.mode, c.cs) == (5, "open", "int80_in_64bit", 0x33)
+    assert c.ip == FORGED_RETURN and c.args[1] == FORGED_RETURN & 0xFFFFFFFF  # the forgery
 
 
-def test_health_says_the_detector_watches(collector: Collector, bpf_agent: Agent) -> None:
+def test_health_says_the_detector_watches_by_the_kernel_flag(
+        collector: Collector, bpf_agent: Agent) -> None:
     settle(collector, NODE)
     health = collector.query(types=["agent.health"], nodes=[NODE], limit=1, newest=True)
     (status,) = [s for s in health[-1].agent_health.sensors if s.name == "compat"]
-    assert (status.state, status.detail) == ("ok", "watching ia32 syscalls")
+    # "via BTF" only after the start-up self-test saw the probe's int $0x80 and nothing else
+    assert (status.state, status.detail) == (
+        "ok", "watching ia32 syscalls (thread_info.status via BTF)")
+
+
+def test_the_agents_self_test_leaves_no_event(collector: Collector, bpf_agent: Agent) -> None:
+    # the self-test's probe (a child of the agent) makes an int $0x80 getpid
+    # while the self-test program, which writes no record, is attached
+    settle(collector, NODE)
+    events = collector.query(types=["process.compat_syscall"], nodes=[NODE])
+    assert [e for e in events if e.process.ppid == bpf_agent.proc.pid] == []
 
 
 # -- the runtime on a real program, without the agent ----------------------
@@ -148,53 +166,136 @@ class ListInbox:
         return True
 
 
+Build = Callable[[list[str]], Any]
+
+
 @pytest.fixture
-def compat_program() -> Iterator[object]:
+def build_program() -> Iterator[Build]:
+    """Compiles compat.c alone with the given extra flags (cleaned up after the test)."""
     require_bpf()
-    bpf = _compile([compat.SENSOR], ["-DRINGBUF_PAGES=64", f"-DAGENT_TGID={os.getpid()}"])
-    yield bpf
-    bpf.cleanup()
+    built: list[Any] = []
+
+    def build_(flags: list[str]) -> Any:
+        built.append(_compile([compat.SENSOR], ["-DRINGBUF_PAGES=64",
+                                                f"-DAGENT_TGID={os.getpid()}", *flags]))
+        return built[-1]
+
+    yield build_
+    for bpf in built:
+        bpf.cleanup()
 
 
-def _runtime(bpf: object, watch: bool) -> compat.CompatRuntime:
+class Ring:
+    """The program's ring buffer, decoded on demand."""
+
+    def __init__(self, bpf: Any) -> None:
+        self.bpf = bpf
+        self.got: list[bytes] = []
+        bpf["events"].open_ring_buffer(lambda _c, data, size: self.got.append(
+            ct.string_at(data, size)))
+
+    def drain(self) -> list[Record]:
+        self.bpf.ring_buffer_consume()
+        records = [compat.decode_compat(d, BootClock()) for d in self.got]
+        self.got.clear()
+        return records
+
+    def run(self, program: Path, target: Path) -> list[Record]:
+        """Records of one run of ``program`` (only its pid's)."""
+        self.drain()
+        proc = subprocess.Popen([str(program), str(target)], stdout=subprocess.DEVNULL)
+        assert proc.wait(60) == 0
+        # records are committed inside the syscall: all are in the ring once it exited
+        return [r for r in self.drain() if r.pid == proc.pid]
+
+
+def _runtime(bpf: Any, watch: bool = True,
+             where: Callable[[], MemberOffset] = compat.ti_status) -> compat.CompatRuntime:
     ctx = SensorContext(bpf=bpf, inbox=ListInbox(), clock=BootClock(),
                         cfg=SimpleNamespace(compat_watch=watch), opened_gpu=lambda _: False,
                         hooks=SensorHooks())
-    return compat.CompatRuntime(ctx)
+    return compat.CompatRuntime(ctx, status_offset=where)
 
 
-def _records_of(bpf: object, program: Path, target: Path) -> list[Record]:
-    """Records the program's run leaves in the ring, decoded; only those of its pid."""
-    got: list[bytes] = []
-    ring = bpf["events"]  # type: ignore[index]
-    ring.open_ring_buffer(lambda _ctx, data, size: got.append(ct.string_at(data, size)))
-    proc = subprocess.Popen([str(program), str(target)], stdout=subprocess.DEVNULL)
-    assert proc.wait(60) == 0
-    # records are committed inside the syscall: all are in the ring once it exited
-    bpf.ring_buffer_consume()  # type: ignore[attr-defined]
-    records = [compat.decode_compat(d, BootClock()) for d in got]
-    return [r for r in records if r.pid == proc.pid]
+def _names(records: list[Record]) -> list[str]:
+    return sorted(r.payload.name for r in records)  # type: ignore[attr-defined]
 
 
-def test_runtime_attaches_when_watching(compat_program: object, programs: SimpleNamespace,
-                                        tmp_path: Path) -> None:
-    runtime = _runtime(compat_program, watch=True)
+def _ours(records: list[Record]) -> list[Record]:
+    """Records of this process or its children (the self-test's probe is one)."""
+    return [r for r in records if os.getpid() in (r.pid, r.ppid)]
+
+
+def test_runtime_proves_the_btf_offset_and_uses_the_kernel_flag(
+        build_program: Build, programs: SimpleNamespace, tmp_path: Path) -> None:
+    bpf = build_program(compat.cflags())
+    ring = Ring(bpf)
+    runtime = _runtime(bpf)
     try:
-        assert runtime.attached and runtime.status() is not None
-        names = sorted(r.payload.name for r in _records_of(compat_program, programs.open,
-                                                            tmp_path / "w"))
-        assert names == ["close", "open"]
+        assert runtime.attached and runtime.method == "ts_compat"
+        status = runtime.status()
+        assert status is not None and status.state == "ok"
+        assert status.detail == "watching ia32 syscalls (thread_info.status via BTF)"
+        assert _ours(ring.drain()) == []  # the self-test's int $0x80 made no record
+        assert _names(ring.run(programs.open, tmp_path / "w")) == ["close", "open"]
+        (forged,) = ring.run(programs.forged, tmp_path / "f")
+        assert (forged.payload.name, forged.payload.ip) == (  # type: ignore[attr-defined]
+            "open", FORGED_RETURN)
         assert runtime.loss_counters()["compat_rate_limited"]() == 0
     finally:
         runtime.close()
     assert not runtime.attached
 
 
+def test_without_btf_the_register_heuristic_watches_and_the_forgery_evades_it(
+        build_program: Build, programs: SimpleNamespace, tmp_path: Path) -> None:
+    # The documented residual evasion of the fallback: int $0x80 with
+    # rcx == return address and r11 == rflags looks native in pt_regs.
+    bpf = build_program(compat.cflags())
+    ring = Ring(bpf)
+    runtime = _runtime(bpf, where=lambda: MemberOffset(None, None, "BTF off for the test"))
+    try:
+        assert runtime.method == "registers"
+        status = runtime.status()
+        assert status is not None and status.state == "degraded"
+        assert status.detail == ("watching ia32 syscalls (register heuristic: a deliberate "
+                                 "int $0x80 can pass as native); no thread_info.status offset: "
+                                 "BTF off for the test")
+        assert _names(ring.run(programs.open, tmp_path / "w")) == ["close", "open"]
+        assert ring.run(programs.forged, tmp_path / "f") == []
+        assert (tmp_path / "f").exists()  # the forged open did happen
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize(("offset", "why"), [
+    (8, "native syscalls of the probe seen as ia32"),  # thread_info.syscall_work: always set
+    (0, "int $0x80 getpid (pid"),  # thread_info.flags: TIF bit 1 clear at syscall entry
+])
+def test_a_wrong_offset_fails_the_self_test_and_falls_back(
+        build_program: Build, programs: SimpleNamespace, tmp_path: Path,
+        offset: int, why: str) -> None:
+    bpf = build_program([f"-DCOMPAT_TI_STATUS_OFF={offset}"])
+    ring = Ring(bpf)
+    runtime = _runtime(bpf, where=lambda: MemberOffset(offset, 4))
+    try:
+        status = runtime.status()
+        assert runtime.method == "registers" and status is not None
+        assert status.state == "degraded" and why in status.detail and "self-test" in status.detail
+        # the self-test program writes no record: nothing bogus went out meanwhile
+        assert _ours(ring.drain()) == []
+        assert _names(ring.run(programs.open, tmp_path / "w")) == ["close", "open"]
+    finally:
+        runtime.close()
+
+
 def test_runtime_turned_off_does_not_attach_and_says_blind(
-        compat_program: object, programs: SimpleNamespace, tmp_path: Path) -> None:
-    runtime = _runtime(compat_program, watch=False)
+        build_program: Build, programs: SimpleNamespace, tmp_path: Path) -> None:
+    bpf = build_program(compat.cflags())
+    ring = Ring(bpf)
+    runtime = _runtime(bpf, watch=False)
     status = runtime.status()
     assert status is not None and (status.name, status.state) == ("compat", "degraded")
     assert "BLIND to ia32 syscalls" in status.detail and "ia32_emulation=false" in status.detail
-    assert _records_of(compat_program, programs.open, tmp_path / "o") == []
+    assert ring.run(programs.open, tmp_path / "o") == []
     runtime.close()

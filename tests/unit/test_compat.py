@@ -1,5 +1,6 @@
 """The compat sensor's user-space side, without root: the ia32 table, the ABI
-probe's verdicts, the attach/status decision, decoding, and the runtime."""
+probe's verdicts, the attach decision and decoding (the runtime and its choice
+of method: tests/unit/test_compat_method.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from agent import compat_abi
 from agent.compat_abi import AbiState, Plan, ia32_name, interpret_probe, plan, probe_ia32_abi
 from agent.sensors import compat
-from agent.sensors.base import BootClock, SensorContext, SensorHooks
+from agent.sensors.base import BootClock
 from agent.sensors.records import Hdr
 
 # The security-relevant numbers of arch/x86/entry/syscalls/syscall_32.tbl.
@@ -37,6 +38,12 @@ def test_unknown_and_unused_numbers_have_no_name() -> None:
 
 
 # -- the probe's verdicts ----------------------------------------------------
+def test_an_answering_probe_gives_its_pid() -> None:
+    # the self-test looks for this pid's int $0x80 getpid
+    assert interpret_probe(0, "pid 41 41\n", "") == AbiState(
+        "enabled", "int $0x80 getpid() answered", 41)
+
+
 @pytest.mark.parametrize(("rc", "out", "err", "state"), [
     (0, "pid 41 41\n", "", "enabled"),
     (-11, "", "", "disabled"),
@@ -84,6 +91,7 @@ def test_abi_disabled_attaches_nothing_and_is_ok() -> None:
 
 
 def test_abi_enabled_and_watching_attaches() -> None:
+    # the detail is completed by compat_abi.watching() once the method is known
     assert plan(AbiState("enabled"), True) == Plan(True, "ok", "watching ia32 syscalls")
 
 
@@ -132,61 +140,7 @@ def test_mirror_size_matches_the_header_layout() -> None:
     assert ct.sizeof(compat.CompatRec) == ct.sizeof(Hdr) + 40
 
 
-# -- the runtime ---------------------------------------------------------------
-class FakeBpf:
-    def __init__(self) -> None:
-        self.attached: list[tuple[bytes, bytes]] = []
-        self.detached: list[bytes] = []
-        self.tables = {"compat_limited": {ct.c_uint32(0).value: [3, 4]}}
-
-    def attach_raw_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
-        self.attached.append((tp, fn_name))
-
-    def detach_raw_tracepoint(self, tp: bytes) -> None:
-        self.detached.append(tp)
-
-    def __getitem__(self, name: str) -> object:
-        return FakeTable(self.tables[name])
-
-
-class FakeTable:
-    def __init__(self, cells: dict[int, list[int]]) -> None:
-        self.cells = cells
-
-    def __getitem__(self, key: ct.c_uint32) -> list[int]:
-        return self.cells[key.value]
-
-
-def _runtime(abi: AbiState, watch: bool) -> tuple[compat.CompatRuntime, FakeBpf]:
-    bpf = FakeBpf()
-    ctx = SensorContext(bpf=bpf, inbox=SimpleNamespace(offer=lambda _: True), clock=BootClock(),
-                        cfg=SimpleNamespace(compat_watch=watch), opened_gpu=lambda _: False,
-                        hooks=SensorHooks())
-    return compat.CompatRuntime(ctx, probe=lambda: abi), bpf
-
-
-def test_runtime_watching_attaches_the_one_raw_tracepoint_and_detaches_at_close() -> None:
-    runtime, bpf = _runtime(AbiState("enabled"), watch=True)
-    assert bpf.attached == [(b"sys_enter", b"compat_sys_enter")]
-    status = runtime.status()
-    assert status is not None and (status.name, status.state) == ("compat", "ok")
-    assert runtime.decoders() == {compat.OP_COMPAT_SYSCALL: compat.decode_compat}
-    assert runtime.loss_counters()["compat_rate_limited"]() == 7  # summed over CPUs
-    runtime.close()
-    runtime.close()
-    assert bpf.detached == [b"sys_enter"]
-
-
-@pytest.mark.parametrize(("abi", "watch", "state"), [
-    (AbiState("disabled"), True, "ok"), (AbiState("enabled"), False, "degraded")])
-def test_runtime_not_watching_attaches_nothing(abi: AbiState, watch: bool, state: str) -> None:
-    runtime, bpf = _runtime(abi, watch)
-    status = runtime.status()
-    assert bpf.attached == [] and status is not None and status.state == state
-    runtime.close()
-    assert bpf.detached == []
-
-
+# -- configuration (the runtime: tests/unit/test_compat_method.py) ---------------
 def test_agent_config_watches_unless_told_off() -> None:
     from agent.main import AgentConfig, config_from_args
 
