@@ -29,12 +29,17 @@ def median_ratio(pairs: list[tuple[float, float]]) -> float:
 
 
 class RunningAgent:
-    """A collector on a temp SQLite file plus an eBPF agent, for the duration."""
+    """A collector on a temp SQLite file plus an eBPF agent, for the duration;
+    ``agent_args`` are extra `gpuaudit agent` flags."""
+
+    def __init__(self, *agent_args: str) -> None:
+        self.agent_args = agent_args
 
     def __enter__(self) -> RunningAgent:
         self.tmp = tempfile.TemporaryDirectory()
         self.collector = Collector(Path(self.tmp.name) / "bench.db")
-        self.agent = Agent(self.collector.address, "bench", Path(self.tmp.name) / "agent.log")
+        self.agent = Agent(self.collector.address, "bench", Path(self.tmp.name) / "agent.log",
+                           *self.agent_args)
         wait_node_ready(self.collector, "bench", "ebpf", timeout=120)
         time.sleep(1)
         return self

@@ -15,7 +15,10 @@ own share is visible:
              trees, model files)
   programs   the agent's compiled sensors (agent/bpf/*.c), without its user
              space: the classifier's own logic on top of the floor
-  agent      the whole agent (collector + agent process), as bench/overhead
+  agent      the whole agent (collector + agent process), as bench/overhead;
+             its compat sensor (ia32 syscalls: a program on the raw sys_enter
+             tracepoint, so on every syscall) is on where the ia32 ABI is
+  agent -c   the same with --no-compat-watch
 
 Each layer is measured against runs without it, interleaved; the probes are
 attached and detached around single runs, so drift on a noisy VM hits both
@@ -160,6 +163,8 @@ def main() -> None:
         per = max(1, args.runs // args.rounds)
         report("programs", *per_lifetime(loop, args.rounds, per, agent_programs))
         report("agent", *per_lifetime(loop, args.rounds, per, RunningAgent))
+        report("agent -c", *per_lifetime(loop, args.rounds, per,
+                                         lambda: RunningAgent("--no-compat-watch")))
 
 
 if __name__ == "__main__":
