@@ -149,7 +149,11 @@ def test_health_reports_ebpf_sensors_ok(collector: Collector, bpf_agent: Agent) 
     # tracepoints); it must say so, and that turns off nothing else
     assert states == {"gpu_open": "ok", "process": "ok", "tamper": "ok", "code_load": "ok",
                       "file_write": "ok", "checkpoint": "ok", "nccl": "ok", "net": "ok",
+                      "compat": "ok", "iouring": "ok",
                       "module_load": states["module_load"], "nvml": states["nvml"]}
+    # this kernel has the ia32 ABI and BTF: the compat sensor watches by TS_COMPAT
+    compat = next(s for s in h.sensors if s.name == "compat")
+    assert compat.detail.startswith("watching ia32 syscalls (thread_info.status via BTF)")
     module = next(s for s in h.sensors if s.name == "module_load")
     assert module.state == "ok" or "missing tracepoints" in module.detail
     # no NVIDIA driver on a CI machine: NVML is off, says why, and nothing else suffers
