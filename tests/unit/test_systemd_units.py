@@ -55,6 +55,7 @@ AGENT_MUST_NOT_SET = (
     "ProcSubset",
     "PrivateUsers",
     "PrivateNetwork",
+    "SystemCallArchitectures",
 )
 COLLECTOR_YES = (
     "DynamicUser",
@@ -222,7 +223,6 @@ def test_agent_sandbox() -> None:
         "PrivateTmp": "yes",
         "LockPersonality": "yes",
         "RestrictRealtime": "yes",
-        "SystemCallArchitectures": "native",
         "LimitMEMLOCK": "infinity",
         "Restart": "always",
         "RestartSec": "2",
