@@ -96,9 +96,13 @@ def detail(ev: events_pb2.Event) -> str:
 
 def _gpu_open(ev: events_pb2.Event) -> str:
     o = ev.gpu_open
-    result = f"fd={o.fd}" if o.errno == 0 else f"errno={o.errno} ({_errno_name(o.errno)})"
+    result = _fd_or_errno(o.fd, o.errno)
     source = f" [{o.source}]" if o.source and o.source != "ebpf" else ""
     return f"{o.path} {result}{source}"
+
+
+def _fd_or_errno(fd: int, errno: int) -> str:
+    return f"fd={fd}" if errno == 0 else f"errno={errno} ({_errno_name(errno)})"
 
 
 def _errno_name(number: int) -> str:
@@ -231,6 +235,84 @@ def _gpu_xid(ev: events_pb2.Event) -> str:
     return f"{x.event} {x.xid} on gpu{x.gpu_index} {x.gpu_uuid}"
 
 
+def _code_load(ev: events_pb2.Event) -> str:
+    c = ev.code_load
+    digest = c.sha256[:12] if c.sha256 else f"no sha256 ({c.hash_error})" if c.hash_error else ""
+    kind = f"[{c.kind}]" if c.kind and c.kind != "file" else ""
+    writable = "writable-by-others" if c.writable_by_others else ""
+    return " ".join(p for p in (c.path, digest, kind, writable) if p)
+
+
+def _file_write(ev: events_pb2.Event) -> str:
+    w = ev.file_write
+    what = f"{w.old_path} -> {w.path}" if w.old_path else w.path
+    mismatch = f" owner_mismatch (file uid {w.file_uid})" if w.owner_mismatch else ""
+    return f"{w.op} {what}{mismatch}" + _outcome(w.result)
+
+
+def _checkpoint_scan(ev: events_pb2.Event) -> str:
+    c = ev.checkpoint_scan
+    why = " ".join(c.globals) if c.globals else c.error
+    return f"{c.verdict.upper()} {c.path}" + (f": {why}" if why else "")
+
+
+def _nccl_comm_init(ev: events_pb2.Event) -> str:
+    i = ev.nccl_comm_init
+    where = (f"rank {i.rank}/{i.nranks}" if i.rank >= 0
+             else f"{i.nranks} ranks" if i.nranks > 0 else "")
+    parent = f"child of {i.parent_comm_id[:12] or '?'}" if i.parent_comm_handle else ""
+    parts = [i.function, "comm", i.comm_id[:12] or "?", where, parent]
+    return (" ".join(p for p in parts if p)
+            + (f" failed ncclResult={i.result}" if i.result else ""))
+
+
+def _nccl_collective(ev: events_pb2.Event) -> str:
+    c = ev.nccl_collective
+    return f"{c.op} {c.datatype} x{c.calls} {c.bytes} bytes comm {c.comm_id[:12] or '?'}"
+
+
+def _nccl_comm_end(ev: events_pb2.Event) -> str:
+    e = ev.nccl_comm_end
+    return f"{e.function} comm {e.comm_id[:12] or '?'}" + (" ABORT" if e.abort else "")
+
+
+def _peer(addr: str, port: int, in_cluster: bool) -> str:
+    return f"{addr}:{port} " + ("in-cluster" if in_cluster else "OUTSIDE cluster")
+
+
+def _net_connection(ev: events_pb2.Event) -> str:
+    kind = ev.WhichOneof("payload") or ""
+    n = getattr(ev, kind)
+    if kind == "net_listen":
+        return f"{n.protocol} listen {n.local_addr}:{n.local_port}" + _outcome(n.result)
+    return (f"{n.protocol} {n.local_addr}:{n.local_port} -> "
+            + _peer(n.remote_addr, n.remote_port, n.peer_in_cluster) + _outcome(n.result))
+
+
+def _net_flow(ev: events_pb2.Event) -> str:
+    f = ev.net_flow
+    return (f"{f.protocol} " + _peer(f.remote_addr, f.remote_port, f.peer_in_cluster)
+            + f" sent={f.bytes_sent} received={f.bytes_received}")
+
+
+def _net_rdma_open(ev: events_pb2.Event) -> str:
+    o = ev.net_rdma_open
+    return f"{o.path} {_fd_or_errno(o.fd, o.errno)}"
+
+
+def _process_compat_syscall(ev: events_pb2.Event) -> str:
+    c = ev.process_compat_syscall
+    return f"ia32 {c.name or 'syscall'} (nr {c.nr}) via {c.mode}"
+
+
+def _process_io_uring(ev: events_pb2.Event) -> str:
+    u = ev.process_io_uring
+    if u.kind == "setup":
+        return f"ring {u.ring} set up (fd {u.ring_fd}, {u.sq_entries} entries)"
+    count = f" x{u.count}" if u.kind == "op_count" else ""
+    return f"{u.op_name} ({u.op_class}){count} on ring {u.ring}"
+
+
 _DETAILS = {
     "gpu_open": _gpu_open,
     "gpu_device": _gpu_device,
@@ -243,6 +325,19 @@ _DETAILS = {
     "process_vm_write": _process_vm_write,
     "code_module_load": _code_module_load,
     "code_bpf_load": _code_bpf_load,
+    "code_load": _code_load,
+    "file_write": _file_write,
+    "checkpoint_scan": _checkpoint_scan,
+    "nccl_comm_init": _nccl_comm_init,
+    "nccl_collective": _nccl_collective,
+    "nccl_comm_end": _nccl_comm_end,
+    "net_connect": _net_connection,
+    "net_accept": _net_connection,
+    "net_listen": _net_connection,
+    "net_flow": _net_flow,
+    "net_rdma_open": _net_rdma_open,
+    "process_compat_syscall": _process_compat_syscall,
+    "process_io_uring": _process_io_uring,
     "agent_health": _agent_health,
     "agent_silent": _agent_silent,
     "agent_loss": _agent_loss,

@@ -171,3 +171,64 @@ def test_tamper_details_name_the_target_and_the_outcome():
     ev = events_pb2.Event(type="code.module_load")
     ev.code_module_load.syscall, ev.code_module_load.path = "finit_module", "/tmp/evil.ko"
     assert detail(ev).startswith("finit_module /tmp/evil.ko")
+
+
+def _ev(kind: str, **payload: object) -> events_pb2.Event:
+    return events_pb2.Event(type=kind, **payload)
+
+
+@pytest.mark.parametrize(("event", "text"), [
+    (_ev("code.load", code_load={"path": "/tmp/x.so", "sha256": "ab" * 32, "kind": "deleted",
+                                 "writable_by_others": True}),
+     "/tmp/x.so abababababab [deleted] writable-by-others"),
+    (_ev("code.load", code_load={"path": "/lib/a.so", "hash_error": "queue full"}),
+     "/lib/a.so no sha256 (queue full)"),
+    (_ev("file.write", file_write={"path": "/v/site.py", "op": "rename", "old_path": "/tmp/s.py",
+                                   "owner_mismatch": True, "file_uid": 1000}),
+     "rename /tmp/s.py -> /v/site.py owner_mismatch (file uid 1000)"),
+    (_ev("file.write", file_write={"path": "/v/a.py", "op": "open", "result": -13}),
+     "open /v/a.py failed errno=13"),
+    (_ev("checkpoint.scan", checkpoint_scan={"path": "/m.pt", "verdict": "malicious",
+                                             "globals": ["os.system"]}),
+     "MALICIOUS /m.pt: os.system"),
+    (_ev("nccl.comm_init", nccl_comm_init={"function": "ncclCommInitRank", "rank": 1, "nranks": 4,
+                                           "comm_id": "0123456789abcdef"}),
+     "ncclCommInitRank comm 0123456789ab rank 1/4"),
+    (_ev("nccl.comm_init", nccl_comm_init={"function": "ncclCommSplit", "rank": -1, "nranks": -1,
+                                           "comm_id": "", "parent_comm_handle": 7, "result": 2}),
+     "ncclCommSplit comm ? child of ? failed ncclResult=2"),
+    (_ev("nccl.collective", nccl_collective={"op": "AllReduce", "datatype": "float16", "calls": 3,
+                                             "bytes": 60, "comm_id": "c0ffee"}),
+     "AllReduce float16 x3 60 bytes comm c0ffee"),
+    (_ev("nccl.comm_end", nccl_comm_end={"function": "ncclCommAbort", "comm_id": "c0ffee",
+                                         "abort": True}),
+     "ncclCommAbort comm c0ffee ABORT"),
+    (_ev("net.connect", net_connect={"protocol": "tcp", "local_addr": "10.0.0.2", "local_port": 5,
+                                     "remote_addr": "8.8.8.8", "remote_port": 443}),
+     "tcp 10.0.0.2:5 -> 8.8.8.8:443 OUTSIDE cluster"),
+    (_ev("net.listen", net_listen={"protocol": "tcp", "local_addr": "0.0.0.0",
+                                   "local_port": 29500}),
+     "tcp listen 0.0.0.0:29500"),
+    (_ev("net.flow", net_flow={"protocol": "tcp", "remote_addr": "10.0.0.3", "remote_port": 29500,
+                               "peer_in_cluster": True, "bytes_sent": 10, "bytes_received": 20}),
+     "tcp 10.0.0.3:29500 in-cluster sent=10 received=20"),
+    (_ev("net.rdma_open", net_rdma_open={"path": "/dev/infiniband/uverbs0", "errno": 13, "fd": -1}),
+     "/dev/infiniband/uverbs0 errno=13 (EACCES)"),
+    (_ev("process.compat_syscall", process_compat_syscall={"nr": 5, "name": "open",
+                                                           "mode": "int80_in_64bit"}),
+     "ia32 open (nr 5) via int80_in_64bit"),
+    (_ev("process.io_uring", process_io_uring={"kind": "op_count", "op_name": "OPENAT",
+                                               "op_class": "open", "count": 22, "ring": "r1"}),
+     "OPENAT (open) x22 on ring r1"),
+    (_ev("process.io_uring", process_io_uring={"kind": "setup", "ring": "r1", "ring_fd": 3,
+                                               "sq_entries": 8}),
+     "ring r1 set up (fd 3, 8 entries)"),
+])
+def test_details_of_the_sensor_events(event, text):
+    assert render.detail(event) == text
+
+
+def test_every_payload_type_has_a_detail():
+    """A new event type must say something in `gpuaudit events` too."""
+    payloads = {f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields}
+    assert payloads == set(render._DETAILS)
