@@ -19,7 +19,13 @@ from agent.net.cluster import ClusterNets
 from agent.net.flows import FlowDelta, FlowKey, FlowLedger
 from agent.net.records import OP_NET_LISTEN, NetConnRec
 from agent.record import Record
-from agent.sensors.base import BootClock, Decoder, SensorContext, header_record
+from agent.sensors.base import (
+    BootClock,
+    Decoder,
+    SensorContext,
+    header_record,
+    periodic_flush,
+)
 from gpuaudit.v1 import events_pb2, net_pb2
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,7 @@ class NetRuntime:
         return dict.fromkeys(conn.TYPES, self.decode_conn)
 
     def threads(self) -> list[tuple[str, Callable[[threading.Event], None]]]:
-        return [("net-flow", self.flush_loop)]
+        return [("net-flow", periodic_flush(self.flush, self.interval_s, "net.flow"))]
 
     def loss_counters(self) -> dict[str, Callable[[], int]]:
         return {"net_flow": self.flow_lost}
@@ -109,17 +115,6 @@ class NetRuntime:
     def flow_lost(self) -> int:
         """send/recv calls whose bytes the kernel could not count (net_flows full)."""
         return int(sum(self.lost_table[ct.c_uint32(0)]))
-
-    def flush_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            self.flush_safely()
-        self.flush_safely()  # what was counted since the last flush
-
-    def flush_safely(self) -> None:
-        try:
-            self.flush()
-        except Exception as err:  # a failing flush must not end the thread
-            log.warning("net.flow flush failed: %s", err)
 
     def flush(self) -> None:
         """Report every (process, peer) whose counters moved since the last flush."""

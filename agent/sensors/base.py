@@ -7,6 +7,7 @@ program (one ring buffer), and the decoder dispatches records by op code.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,26 @@ class SensorContext:
     opened_gpu: Callable[[int], bool]  # pid opened a GPU device and lives
     hooks: SensorHooks
     proc_root: str = "/proc"
+
+
+def periodic_flush(flush: Callable[[], object], interval_s: float, what: str
+                   ) -> Callable[[threading.Event], None]:
+    """A worker body: ``flush()`` every ``interval_s`` and once more at stop
+    (what was counted since the last one). A failing flush is logged under
+    ``what`` and never ends the thread."""
+
+    def flush_safely() -> None:
+        try:
+            flush()
+        except Exception as err:  # a failing flush must not end the thread
+            logging.getLogger(__name__).warning("%s flush failed: %s", what, err)
+
+    def run(stop: threading.Event) -> None:
+        while not stop.wait(interval_s):
+            flush_safely()
+        flush_safely()
+
+    return run
 
 
 class SensorRuntime(Protocol):

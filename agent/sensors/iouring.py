@@ -22,7 +22,14 @@ from typing import Any
 
 from agent import iouring_policy as policy
 from agent.record import Record
-from agent.sensors.base import BootClock, BpfSensor, Decoder, SensorContext, header_record
+from agent.sensors.base import (
+    BootClock,
+    BpfSensor,
+    Decoder,
+    SensorContext,
+    header_record,
+    periodic_flush,
+)
 from agent.sensors.loader import sensor_status
 from agent.sensors.records import C, Hdr
 from gpuaudit.v1 import events_pb2, iouring_pb2
@@ -179,7 +186,7 @@ class IoUringRuntime:
         return {OP_IOURING_SETUP: decode_setup, OP_IOURING_OP: decode_op}
 
     def threads(self) -> list[tuple[str, Callable[[threading.Event], None]]]:
-        return [("iouring-flush", self.flush_loop)]
+        return [("iouring-flush", periodic_flush(self.flush, self.interval_s, "io_uring"))]
 
     def loss_counters(self) -> dict[str, Callable[[], int]]:
         return {"iouring_untracked": self.untracked}
@@ -197,17 +204,6 @@ class IoUringRuntime:
 
     def close(self) -> None:
         pass
-
-    def flush_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            self.flush_safely()
-        self.flush_safely()  # what was counted since the last flush
-
-    def flush_safely(self) -> None:
-        try:
-            self.flush()
-        except Exception as err:  # a failing flush must not end the thread
-            log.warning("io_uring flush failed: %s", err)
 
     def flush(self) -> None:
         """Report every (process, opcode) whose count moved; forget ended processes."""
