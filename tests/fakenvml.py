@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 import urllib.parse
 from pathlib import Path
+
+from tests.fixtures.cprogram import CBuildError, compiler
 
 SOURCE = Path(__file__).parent / "fixtures" / "fakenvml" / "fakenvml.c"
 LIBRARY_NAME = "libnvidia-ml.so.1"
@@ -24,8 +25,8 @@ CFLAGS = ["-shared", "-fPIC", "-O1", "-pthread", "-Wall", "-Wextra", "-Werror"]
 ENV_VAR = "FAKE_NVML_SCENARIO"
 
 
-class FakeNvmlBuildError(RuntimeError):
-    """The C compiler is missing or rejected fakenvml.c (its output is in the message)."""
+class FakeNvmlBuildError(CBuildError):
+    """The C compiler rejected fakenvml.c (its output is in the message)."""
 
 
 def build(out_dir: Path) -> Path:
@@ -40,18 +41,16 @@ def build(out_dir: Path) -> Path:
     target = Path(out_dir) / f"fakenvml-{digest}" / LIBRARY_NAME
     if target.exists():
         return target
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        raise FakeNvmlBuildError("no C compiler (gcc/cc) on PATH: cannot build the fake NVML")
+    cc = compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True
+            [cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True
         )
         if proc.returncode != 0:
-            raise FakeNvmlBuildError(f"{compiler} failed on {SOURCE}:\n{proc.stderr}")
+            raise FakeNvmlBuildError(f"{cc} failed on {SOURCE}:\n{proc.stderr}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

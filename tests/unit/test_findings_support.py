@@ -39,6 +39,14 @@ def event(type_: str, *, node: str = "n1", t_s: float = 0.0, process: dict | Non
     return ev
 
 
+def gpu_open(process: dict, errno: int = 0, t_s: float = 0.0, node: str = ""
+             ) -> events_pb2.Event:
+    """An eBPF gpu.open of /dev/nvidia0 (refused with ``errno`` when not 0)."""
+    return event("gpu.open", node=node, t_s=t_s, process=process,
+                 gpu_open={"path": "/dev/nvidia0", "errno": errno, "fd": -1 if errno else 4,
+                           "source": "ebpf"})
+
+
 def rfc3339(t_s: float) -> str:
     """T0 + ``t_s`` seconds in the JSON form of a Timestamp."""
     ts = Timestamp()

@@ -12,6 +12,7 @@ from tests.unit.test_findings_support import (
     MALLORY,
     event,
     findings_collector,
+    gpu_open,
     on_node,
     training_job,
 )
@@ -24,11 +25,6 @@ def uring(process: dict, kind: str, opcode: int, name: str, cls: str, t_s: float
     return event("process.io_uring", t_s=t_s, process=process, process_io_uring={
         "kind": kind, "opcode": opcode, "op_name": name, "op_class": cls, "count": count,
         "total": count})
-
-
-def gpu_open(process: dict) -> object:
-    return event("gpu.open", process=process, gpu_open={
-        "path": "/dev/nvidia0", "fd": 4, "source": "ebpf"})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from tests.unit.test_findings_support import (
     ROOT,
     event,
     findings_collector,
+    gpu_open,
     on_node,
     rfc3339,
     training_job,
@@ -24,12 +25,6 @@ from tests.unit.test_findings_support import (
 
 SIGKILL_BY_MALLORY = {"target_pid": 4242, "signal": 9, "signal_name": "SIGKILL",
                       "target_user": "alice", "target_comm": "python3"}
-
-
-def gpu_open(process: dict, errno: int = 0, t_s: float = 0.0, node: str = "") -> object:
-    return event("gpu.open", node=node, t_s=t_s, process=process,
-                 gpu_open={"path": "/dev/nvidia0", "errno": errno, "fd": -1 if errno else 4,
-                           "source": "ebpf"})
 
 
 # rule id -> (events that must raise it, events that must not)
