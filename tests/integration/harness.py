@@ -31,6 +31,9 @@ from tests.capabilities import require
 
 GPUAUDIT = str(Path(sys.executable).parent / "gpuaudit")
 READER = "it-reader"
+NOBODY = pwd.getpwnam("nobody")
+# subprocess.Popen/run keywords that run a child as nobody, with no extra groups
+AS_NOBODY = {"user": NOBODY.pw_uid, "group": NOBODY.pw_gid, "extra_groups": []}
 
 
 class TestPki:

@@ -8,7 +8,6 @@ double counting both show.
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Agent, Collector, settle
+from tests.integration.harness import NOBODY, Agent, Collector, settle
 
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
 NODE = "it-node"
-NOBODY = pwd.getpwnam("nobody")
 
 OPEN_23 = """
 import errno, os, sys

@@ -13,12 +13,11 @@ import pytest
 
 from agent.sensors.registry import BPF_SENSORS
 from tests.capabilities import require
-from tests.integration.harness import Agent, Collector, ready_agent, settle, wait_for
+from tests.integration.harness import NOBODY, Agent, Collector, ready_agent, settle, wait_for
 
 pytestmark = pytest.mark.integration
 
 NODE = "procfs-node"
-NOBODY = pwd.getpwnam("nobody")
 
 
 def _holder(path: Path) -> subprocess.Popen[bytes]:

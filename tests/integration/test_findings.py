@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import platform
-import pwd
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import (
+    AS_NOBODY,
     BPF_LOAD,
     GPUAUDIT,
     SYS_BPF,
@@ -35,8 +35,6 @@ from tests.integration.harness import (
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
 NODE = "it-node"
-NOBODY = pwd.getpwnam("nobody")
-AS_NOBODY = {"user": NOBODY.pw_uid, "group": NOBODY.pw_gid, "extra_groups": []}
 
 # Opens the GPU node given as argv[1], says so, and holds it until killed.
 HOLDER = """

@@ -39,8 +39,10 @@ from tests.capabilities import require, require_bpf
 from tests.fixtures.fakenccl.build import build
 from tests.fixtures.pickles import corpus
 from tests.integration.harness import (
+    AS_NOBODY,
     BPF_LOAD,
     GPUAUDIT,
+    NOBODY,
     SYS_BPF,
     Agent,
     Collector,
@@ -53,8 +55,6 @@ from tests.integration.harness import (
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
 NODE = "pb-node"
-NOBODY = pwd.getpwnam("nobody")
-AS_NOBODY = {"user": NOBODY.pw_uid, "group": NOBODY.pw_gid, "extra_groups": []}
 PYTHON = os.path.realpath(sys.executable)
 # Networks of this run's veth pair: 10.N.0.0/24 is the cluster, 192.168.N.0/24
 # outside; N random so that runs side by side do not share routes.

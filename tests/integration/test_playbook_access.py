@@ -7,7 +7,6 @@ list. A collector of its own, whose operator rule file allows only root on GPUs
 from __future__ import annotations
 
 import os
-import pwd
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.capabilities import require, require_bpf
-from tests.integration.harness import Agent, Collector, TestPki, null_device, ready_agent
-from tests.integration.test_playbook import (
+from tests.integration.harness import (
     AS_NOBODY,
+    Agent,
+    Collector,
+    TestPki,
+    null_device,
+    ready_agent,
+)
+from tests.integration.test_playbook import (
     _child,
     _finish,
     alive,
@@ -28,7 +33,6 @@ from tests.integration.test_playbook import (
 pytestmark = [pytest.mark.bpf, pytest.mark.integration]
 
 NODE = "pb-access"
-NOBODY = pwd.getpwnam("nobody")
 PYTHON = os.path.realpath(sys.executable)
 PRELOAD = Path("/etc/ld.so.preload")
 
